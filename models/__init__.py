@@ -1,0 +1,1 @@
+"""adstream's event schema: the msgspec Structs that travel on the topics."""

@@ -1,0 +1,1 @@
+"""adstream's processing side: the decision worker, the VAST resolver and the CLI."""
