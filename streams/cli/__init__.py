@@ -2,8 +2,15 @@
 
 import click
 
+from streams.cli.demo import demo
+from streams.cli.infra import infra_group
+
 
 @click.group()
 @click.version_option(package_name="adstream")
 def main() -> None:
     """adstream: event-sourced ad decisions on Kafka."""
+
+
+main.add_command(demo)
+main.add_command(infra_group)

@@ -1,0 +1,73 @@
+"""`adstream infra up|down|status`: the local Kafka broker and Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from infra import stack
+from infra.errors import InfraError
+from infra.health import ServiceHealth, check_kafka, check_redis
+
+
+async def check_all(addresses: dict[str, str]) -> list[ServiceHealth]:
+    return list(
+        await asyncio.gather(
+            check_kafka(addresses["KAFKA_BOOTSTRAP_SERVERS"]), check_redis(addresses["REDIS_URL"])
+        )
+    )
+
+
+def echo_health(results: list[ServiceHealth]) -> bool:
+    """Print one line per service (to stderr, so stdout stays eval-able); True if all are up."""
+    for result in results:
+        verdict = "healthy" if result.healthy else "UNHEALTHY"
+        click.echo(
+            f"{result.service:<6} {result.address:<28} {verdict:<9} "
+            f"{result.round_trip_ms:7.1f} ms  {result.detail}",
+            err=True,
+        )
+    return all(result.healthy for result in results)
+
+
+@click.group("infra")
+def infra_group() -> None:
+    """Run a real Kafka broker (KRaft) and Redis server on 127.0.0.1."""
+
+
+@infra_group.command("up")
+def up() -> None:
+    """Start both in the background; print `export` lines for `eval "$(adstream infra up)"`."""
+    click.echo(
+        "starting Kafka and Redis on 127.0.0.1 (the first run downloads Kafka's jars)...", err=True
+    )
+    try:
+        started = stack.up()
+    except InfraError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"logs: {started.log_dir}; stop with `adstream infra down`", err=True)
+    for name, value in started.addresses().items():
+        click.echo(f"export {name}={value}")
+
+
+@infra_group.command("down")
+def down() -> None:
+    """Stop what `infra up` started (SIGTERM, then SIGKILL after a grace period)."""
+    stopped = stack.down()
+    if stopped is None:
+        click.echo("nothing was running", err=True)
+    else:
+        click.echo(f"stopped; logs kept in {stopped.get('logs')}", err=True)
+
+
+@infra_group.command("status")
+def status() -> None:
+    """Check that the running stack answers; exit 1 if it is down or unhealthy."""
+    running = stack.status()
+    if running is None:
+        raise click.ClickException("not running; start it with `adstream infra up`")
+    addresses = running["addresses"]
+    assert isinstance(addresses, dict)
+    if not echo_health(asyncio.run(check_all(addresses))):
+        raise click.ClickException(f"unhealthy; logs are in {running.get('logs')}")

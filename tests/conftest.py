@@ -1,0 +1,42 @@
+"""Session-wide services for the whole suite: one Kafka broker and one Redis server.
+
+Addresses from KAFKA_BOOTSTRAP_SERVERS / REDIS_URL win; else testcontainers when a Docker
+engine answers; else the local launcher (see infra/provision.py). Tests never share topics:
+each asks `unique_name` for its own.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.provision import Services, provide_services
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with provide_services(tmp_path_factory.mktemp("infra")) as provided:
+        yield provided
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(services: Services) -> str:
+    return services.kafka_bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> str:
+    return services.redis_url
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A topic/group name no other test (or earlier run against the same broker) uses."""
+    test = re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:60]
+    return f"{test}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import pytest
+
+from streams.settings import Settings
+
+
+def test_environment_overrides_defaults() -> None:
+    settings = Settings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "k:1", "REDIS_URL": "redis://r:2/0", "ADSTREAM_WEB_PORT": "7"}
+    )
+    assert settings == Settings("k:1", "redis://r:2/0", 7)
+
+
+def test_empty_variables_mean_the_default() -> None:
+    assert Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": ""}) == Settings()
+
+
+def test_bad_value_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="web_port"):
+        Settings.from_env({"ADSTREAM_WEB_PORT": "eighty"})
