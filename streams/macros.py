@@ -1,0 +1,170 @@
+"""IAB VAST 4.x macro substitution for upstream request URLs and tracking pixels.
+
+The VAST resolver (`streams.vast`) builds one `Macros` per ad request and calls `expand` on every
+URL it fetches or fires. Every macro of IAB's registry is known here, in both spellings `[NAME]`
+and `%%NAME%%`, plus `[CORRELATOR]` from the session guide. A value comes from:
+
+1. the `SessionContext`, always, for `TIMESTAMP` (event time, never the wall clock, so a replay
+   expands identically), `CACHEBUSTING` and `CORRELATOR`;
+2. otherwise the request's `params`: a key names a macro when, with underscores removed and
+   case ignored, it equals the macro's name, so `PAGEURL`, `pageurl`, `page_url` and `pageUrl`
+   all fill `[PAGEURL]`; a key spelled exactly as the macro wins over the others, and among the
+   others the first in the mapping's order wins;
+3. otherwise the context where it knows the value: `TRANSACTIONID` is the correlator, which is
+   shared by every hop of the request's chain as IAB asks;
+4. otherwise `-1`, IAB's "unknown".
+
+`ERRORCODE` is filled only from `expand(..., error_code=...)`, i.e. in error pixels, and left as
+is elsewhere. Tokens that are not IAB macros are left exactly as they are.
+
+Values are percent-encoded like JavaScript's `encodeURIComponent` (RFC 3986), as the registry
+shows; for its array macros a params value is a comma-separated list whose items are encoded one
+by one and joined by a bare comma.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+
+from models.context import SessionContext
+
+# IAB's registry (macros-data.json), split by how a value is encoded.
+_SCALAR_MACROS = frozenset({
+    "TIMESTAMP", "CACHEBUSTING", "CONTENTPLAYHEAD", "MEDIAPLAYHEAD", "BREAKPOSITION", "ADCOUNT",
+    "TRANSACTIONID", "PLACEMENTTYPE", "ADTYPE", "BREAKMAXDURATION", "BREAKMAXADS",
+    "BREAKMINADLENGTH", "BREAKMAXADLENGTH", "IFA", "IFATYPE", "CLIENTUA", "SERVERUA", "DEVICEUA",
+    "SERVERSIDE", "DEVICEIP", "DOMAIN", "PAGEURL", "APPBUNDLE", "OMIDPARTNER", "CLICKTYPE",
+    "ADPLAYHEAD", "ASSETURI", "CONTENTID", "CONTENTURI", "PODSEQUENCE", "ADSERVINGID", "ERRORCODE",
+    "REASON", "LIMITADTRACKING", "GDPRCONSENT", "STOREID", "STOREURL", "PLAYBACKMETHODS",
+    "GPPSTRING", "DSAREQUIRED", "DSAPUBRENDER",
+})  # fmt: skip
+_ARRAY_MACROS = frozenset({
+    "BLOCKEDADCATEGORIES", "ADCATEGORIES", "UNIVERSALADID", "LATLONG", "VASTVERSIONS",
+    "APIFRAMEWORKS", "EXTENSIONS", "VERIFICATIONVENDORS", "MEDIAMIME", "PLAYERCAPABILITIES",
+    "PLAYERSTATE", "INVENTORYSTATE", "PLAYERSIZE", "CLICKPOS", "REGULATIONS", "CONTENTCAT",
+    "GPPSECTIONID", "DSAPARAMS",
+})  # fmt: skip
+
+IAB_MACROS: frozenset[str] = _SCALAR_MACROS | _ARRAY_MACROS
+"""The names in IAB's VAST macro registry."""
+
+PER_REQUEST_MACROS: frozenset[str] = frozenset(
+    {"TIMESTAMP", "CACHEBUSTING", "CORRELATOR", "TRANSACTIONID"}
+)
+"""Macros whose values are new for every request, so a cache key must leave them out."""
+
+# Characters encodeURIComponent leaves alone besides those `quote` always keeps (A-Z a-z 0-9
+# - _ . ~). Keeping the comma as well encodes each item of a comma-separated list and joins
+# the items with a bare comma, in one call.
+_COMPONENT_SAFE = "!'()*"
+_ARRAY_SAFE = _COMPONENT_SAFE + ","
+_SAFE_CHARS: dict[str, str] = {
+    **dict.fromkeys(_SCALAR_MACROS, _COMPONENT_SAFE),
+    **dict.fromkeys(_ARRAY_MACROS, _ARRAY_SAFE),
+    "CORRELATOR": _COMPONENT_SAFE,
+}
+
+# Every registry name is upper-case letters only; anything else can never be a macro, so the
+# scan does not even stop at it.
+_MACRO = re.compile(r"\[([A-Z]+)\]|%%([A-Z]+)%%")
+
+_UNKNOWN = "-1"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Macros:
+    """The macro values of one ad request, computed on first use and kept for later URLs."""
+
+    __slots__ = ("_context", "_params", "_unix_timestamp", "_values")
+
+    def __init__(
+        self,
+        context: SessionContext,
+        params: Mapping[str, str] | None = None,
+        *,
+        unix_timestamp: bool = False,
+    ) -> None:
+        """`unix_timestamp=True` gives `[TIMESTAMP]` as Unix milliseconds, for upstreams that
+        want a number rather than IAB's ISO 8601."""
+        self._context = context
+        self._params = _by_macro_name(params) if params else {}
+        self._unix_timestamp = unix_timestamp
+        self._values: dict[str, str] = {}
+
+    def expand(self, template: str, *, error_code: int | None = None) -> str:
+        """`template` with every IAB macro replaced by its encoded value, in one pass.
+
+        Pass `error_code` for error pixels only: without it `[ERRORCODE]` stays as it is.
+        """
+        if "[" not in template and "%%" not in template:
+            return template
+
+        def replace(match: re.Match[str]) -> str:
+            name = match[1] or match[2]
+            if name == "ERRORCODE":
+                # An int's digits need no encoding.
+                return match[0] if error_code is None else str(error_code)
+            value = self._values.get(name)
+            if value is None:
+                safe = _SAFE_CHARS.get(name)
+                if safe is None:
+                    return match[0]
+                value = self._values[name] = quote(self._raw_value(name), safe=safe)
+            return value
+
+        return _MACRO.sub(replace, template)
+
+    def _raw_value(self, name: str) -> str:
+        """The unencoded value of a known macro other than ERRORCODE (lookup order: module
+        docstring)."""
+        context = self._context
+        if name == "TIMESTAMP":
+            return self._timestamp()
+        if name == "CACHEBUSTING":
+            return context.cachebusting
+        if name == "CORRELATOR":
+            return context.correlator
+        value = self._params.get(name)
+        if value is not None:
+            return value
+        if name == "TRANSACTIONID":
+            return context.correlator
+        return _UNKNOWN
+
+    def _timestamp(self) -> str:
+        millis = self._context.timestamp
+        if self._unix_timestamp:
+            return str(millis)
+        try:
+            moment = _EPOCH + timedelta(milliseconds=millis)
+        except OverflowError:
+            # Outside the years 1-9999 there is no ISO 8601 date to give.
+            return _UNKNOWN
+        return moment.isoformat(timespec="milliseconds")
+
+
+def cache_key_template(template: str) -> str:
+    """`template` with its per-request macros (`PER_REQUEST_MACROS`) blanked, so that two
+    requests for the same upstream content expand it to the same cache key."""
+    if "[" not in template and "%%" not in template:
+        return template
+    return _MACRO.sub(_blank_per_request, template)
+
+
+def _blank_per_request(match: re.Match[str]) -> str:
+    return "" if (match[1] or match[2]) in PER_REQUEST_MACROS else match[0]
+
+
+def _by_macro_name(params: Mapping[str, str]) -> dict[str, str]:
+    """`params` keyed by the macro name each key spells (rule: module docstring)."""
+    by_name: dict[str, str] = {}
+    for key, value in params.items():
+        name = key.replace("_", "").upper()
+        if key == name:
+            by_name[name] = value
+        else:
+            by_name.setdefault(name, value)
+    return by_name
