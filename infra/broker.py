@@ -86,7 +86,7 @@ def ensure_jars(
     return jars
 
 
-def cluster_id() -> str:
+def new_cluster_id() -> str:
     """A fresh KRaft cluster id: a UUID in URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
@@ -125,6 +125,7 @@ class KafkaBroker:
     heap: str = "512m"
     start_timeout_s: float = 60.0
     extra_config: dict[str, str] = field(default_factory=dict)
+    cluster_id: str = field(default_factory=new_cluster_id)
     _process: ServiceProcess | None = field(default=None, init=False, repr=False)
 
     @property
@@ -212,7 +213,8 @@ class KafkaBroker:
             result = subprocess.run(
                 [
                     self.java, "-cp", f"{jars}/*", "kafka.tools.StorageTool", "format",
-                    "-t", cluster_id(), "-c", str(properties),
+                    # One argument: an id may start with "-", which would read as an option.
+                    f"--cluster-id={self.cluster_id}", "-c", str(properties),
                 ],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
             )  # fmt: skip

@@ -128,3 +128,17 @@ def test_infra_up_status_down(tmp_path: Path) -> None:
     after = adstream("infra", "status", env=env)
     assert after.returncode == 1
     assert "not running" in after.stderr
+
+
+def test_cluster_id_starting_with_a_dash_formats_and_starts(tmp_path: Path) -> None:
+    # One id in 64 is like this; the storage tool once read it as an unknown option.
+    broker = KafkaBroker(
+        data_dir=tmp_path / "data", log_dir=tmp_path / "logs", cluster_id="-" + "A" * 21
+    )
+    broker.start()
+    try:
+        meta = (tmp_path / "data" / "log" / "meta.properties").read_text()
+        assert f"cluster.id=-{'A' * 21}" in meta
+    finally:
+        broker.stop()
+    assert processes_mentioning(str(tmp_path)) == []
