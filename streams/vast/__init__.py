@@ -1,0 +1,75 @@
+"""VAST resolution: fetch a tag, follow its wrapper chain, and return the ads to serve.
+
+    from streams.vast import VastUpstream
+
+    async with VastUpstream("https://ads.example.com/vast?cb=[CACHEBUSTING]") as upstream:
+        result = await upstream.fetch(params={"placement_id": "preroll"}, context=context)
+    result.status, result.error_code, result.ads, result.chain
+
+Modules: `parse` (bytes to `Document`), `chain` (the wrapper-chain rules, pure), `transport`
+(HTTP), `guard` (SSRF), `retry`, `cache` (Redis), `pixels` (error reporting), `upstream`.
+"""
+
+from streams.vast.cache import ResponseCache
+from streams.vast.document import Ad, Creative, Document, MediaFile, Tracking, Wrapper
+from streams.vast.errors import (
+    BlockedAddress,
+    DocumentError,
+    FetchError,
+    ForbiddenDoctype,
+    InvalidUrl,
+    NoAdError,
+    ResponseTooLarge,
+    SchemaError,
+    TooManyRedirects,
+    UnsupportedVersion,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    VastError,
+    WrapperError,
+    WrapperLimitReached,
+    WrapperLoop,
+)
+from streams.vast.parse import parse_vast
+from streams.vast.result import ErrorReport, Hop, ResolvedAd, Status, VastResult
+from streams.vast.retry import RetryMiddleware, RetryPolicy
+from streams.vast.transport import VastTransport
+from streams.vast.upstream import VastUpstream
+
+__all__ = [
+    "Ad",
+    "BlockedAddress",
+    "Creative",
+    "Document",
+    "DocumentError",
+    "ErrorReport",
+    "FetchError",
+    "ForbiddenDoctype",
+    "Hop",
+    "InvalidUrl",
+    "MediaFile",
+    "NoAdError",
+    "ResolvedAd",
+    "ResponseCache",
+    "ResponseTooLarge",
+    "RetryMiddleware",
+    "RetryPolicy",
+    "SchemaError",
+    "Status",
+    "TooManyRedirects",
+    "Tracking",
+    "UnsupportedVersion",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "VastError",
+    "VastResult",
+    "VastTransport",
+    "VastUpstream",
+    "Wrapper",
+    "WrapperError",
+    "WrapperLimitReached",
+    "WrapperLoop",
+    "parse_vast",
+]

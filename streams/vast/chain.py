@@ -1,0 +1,151 @@
+"""The rules of a wrapper chain, pure: which ads of a response to resolve, and how an InLine ad
+absorbs the Wrappers above it (IAB VAST 4.x, 2.3.3 and 2.4.4).
+
+No I/O here; `streams.vast.upstream` fetches and calls these.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import msgspec
+
+from streams.macros import Macros
+from streams.vast.document import Ad, Creative, CreativeKind, Document, Tracking, Wrapper
+from streams.vast.errors import NoAdError, WrapperError
+from streams.vast.result import ResolvedAd
+
+
+class Rules(msgspec.Struct, frozen=True):
+    """What the requester of a response accepts: a Wrapper's attributes, or the caller's."""
+
+    allow_multiple_ads: bool
+    follow_additional_wrappers: bool = True
+
+    @classmethod
+    def of(cls, wrapper: Wrapper) -> Rules:
+        return cls(wrapper.allow_multiple_ads, wrapper.follow_additional_wrappers)
+
+
+class Plan(NamedTuple):
+    targets: list[Ad]
+    """The ads to resolve: a pod in sequence order, or one stand-alone ad."""
+    fallbacks: deque[Ad]
+    """Stand-alone ads (the buffet) that may replace a target that fails."""
+
+
+def plan(document: Document, rules: Rules) -> Plan:
+    """The ads of `document` to resolve under `rules`. Raises NoAdError (303) for an empty
+    response, WrapperError (300) when the rules exclude every ad."""
+    if not document.ads:
+        raise NoAdError("the response holds no ad")
+    ads = document.ads
+    if not rules.follow_additional_wrappers:
+        ads = tuple(ad for ad in ads if ad.wrapper is None)
+        if not ads:
+            raise WrapperError("followAdditionalWrappers is false and only Wrappers came back")
+    pod = sorted((ad for ad in ads if ad.sequence is not None), key=_sequence)
+    buffet = [ad for ad in ads if ad.sequence is None]
+    if pod and rules.allow_multiple_ads:
+        return Plan(pod, deque(buffet))
+    if buffet:
+        return Plan(buffet[:1], deque(buffet[1:]))
+    # IAB allows only a stand-alone ad here; a lone ad numbered as a pod of one is taken as
+    # one, since ad servers commonly mark single ads sequence="1".
+    if len(pod) == 1:
+        return Plan(pod, deque())
+    raise WrapperError("allowMultipleAds is false and only an ad pod came back")
+
+
+def _sequence(ad: Ad) -> int:
+    return ad.sequence or 0
+
+
+def may_fall_back(ad: Ad) -> bool:
+    """Whether a stand-alone ad may replace `ad` after it failed: not if it is a Wrapper that
+    says fallbackOnNoAd="false"."""
+    return ad.wrapper is None or ad.wrapper.fallback_on_no_ad is not False
+
+
+def error_urls(wrappers: Sequence[Ad], *more: Iterable[str]) -> list[str]:
+    """The `<Error>` URLs to report a failure to: every Wrapper's above it, then `more`."""
+    urls = [url for wrapper in wrappers for url in wrapper.errors]
+    for group in more:
+        urls.extend(group)
+    return urls
+
+
+def resolve_ad(inline: Ad, wrappers: Sequence[Ad], macros: Macros, vast: str) -> ResolvedAd:
+    """`inline` with `wrappers` (outermost first) merged in, every URL's macros substituted.
+
+    The order is vast-client-js's: impressions and errors from the outermost Wrapper inwards,
+    then the InLine's own; a creative's tracking and clicks its own first, then each Wrapper's
+    creatives of the same kind from the innermost outwards.
+    """
+    expand = macros.expand
+    inherited = _inherited(wrappers)
+    return ResolvedAd(
+        id=inline.id,
+        sequence=inline.sequence,
+        ad_system=inline.ad_system,
+        ad_title=inline.ad_title,
+        impressions=tuple(expand(url) for ad in (*wrappers, inline) for url in ad.impressions),
+        errors=tuple(expand(url) for ad in (*wrappers, inline) for url in ad.errors),
+        creatives=tuple(_merge(creative, inherited, macros) for creative in inline.creatives),
+        vast=expand(vast),
+        wrappers=len(wrappers),
+    )
+
+
+class _Inherited:
+    __slots__ = ("click_through", "click_tracking", "custom_clicks", "tracking")
+
+    def __init__(self) -> None:
+        self.tracking: list[Tracking] = []
+        self.click_tracking: list[str] = []
+        self.custom_clicks: list[str] = []
+        self.click_through: str | None = None
+
+
+def _inherited(wrappers: Sequence[Ad]) -> dict[CreativeKind, _Inherited]:
+    """Per creative kind, what the Wrappers' creatives add, innermost Wrapper first."""
+    inherited: dict[CreativeKind, _Inherited] = {}
+    for wrapper in reversed(wrappers):
+        for creative in wrapper.creatives:
+            extra = inherited.get(creative.kind)
+            if extra is None:
+                extra = inherited[creative.kind] = _Inherited()
+            extra.tracking.extend(creative.tracking)
+            extra.click_tracking.extend(creative.click_tracking)
+            extra.custom_clicks.extend(creative.custom_clicks)
+            extra.click_through = extra.click_through or creative.click_through
+    return inherited
+
+
+def _merge(
+    creative: Creative, inherited: dict[CreativeKind, _Inherited], macros: Macros
+) -> Creative:
+    expand = macros.expand
+    extra = inherited.get(creative.kind)
+    tracking: Iterable[Tracking] = creative.tracking
+    click_tracking: Iterable[str] = creative.click_tracking
+    custom_clicks: Iterable[str] = creative.custom_clicks
+    click_through = creative.click_through
+    if extra is not None:
+        tracking = [*tracking, *extra.tracking]
+        click_tracking = [*click_tracking, *extra.click_tracking]
+        custom_clicks = [*custom_clicks, *extra.custom_clicks]
+        # VAST 2.0 players take a Wrapper's ClickThrough when the InLine has none.
+        click_through = click_through or extra.click_through
+    return msgspec.structs.replace(
+        creative,
+        media_files=tuple(
+            msgspec.structs.replace(media, url=expand(media.url)) for media in creative.media_files
+        ),
+        tracking=tuple(msgspec.structs.replace(event, url=expand(event.url)) for event in tracking),
+        click_through=None if click_through is None else expand(click_through),
+        click_tracking=tuple(expand(url) for url in click_tracking),
+        custom_clicks=tuple(expand(url) for url in custom_clicks),
+    )

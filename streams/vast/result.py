@@ -1,0 +1,68 @@
+"""What `VastUpstream.fetch` returns: plain Structs, ready for msgspec's JSON encoder."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from streams.vast.document import Creative
+
+Status = Literal["inline", "no_ad", "error"]
+
+
+class Hop(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One VAST document fetched along the way (redirects and retries included in it)."""
+
+    url: str
+    status: int
+    """The last HTTP status seen; 0 when no response came (refused, unreachable, timed out)."""
+    ms: float
+    attempts: int = 1
+    cached: bool = False
+
+
+class ErrorReport(msgspec.Struct, frozen=True):
+    """One failure and the `<Error>` pixels it was reported to, macros substituted."""
+
+    code: int
+    message: str
+    urls: tuple[str, ...]
+
+
+class ResolvedAd(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An InLine ad with the Wrappers above it merged in and every URL's macros substituted.
+
+    `errors` keep `[ERRORCODE]` for whoever reports a later failure (the player).
+    """
+
+    id: str | None
+    sequence: int | None
+    ad_system: str | None
+    ad_title: str | None
+    impressions: tuple[str, ...]
+    errors: tuple[str, ...]
+    creatives: tuple[Creative, ...]
+    vast: str
+    """The InLine document the ad came from, macros substituted."""
+    wrappers: int = 0
+
+
+class VastResult(msgspec.Struct, frozen=True):
+    status: Status
+    error_code: int | None
+    """The IAB code of the failure; None when `status` is inline."""
+    ads: tuple[ResolvedAd, ...]
+    """The selected ad, or an ad pod in sequence order."""
+    chain: tuple[Hop, ...]
+    errors: tuple[ErrorReport, ...] = ()
+    """Every failure met on the way, also those a fallback ad made up for."""
+
+    @property
+    def impressions(self) -> tuple[str, ...]:
+        return tuple(url for ad in self.ads for url in ad.impressions)
+
+    @property
+    def vast(self) -> str | None:
+        """The final InLine document of the first ad."""
+        return self.ads[0].vast if self.ads else None

@@ -1,0 +1,333 @@
+"""`VastUpstream`: resolve a VAST tag, following its wrapper chain, to the ads to serve.
+
+    upstream = VastUpstream("https://ads.example.com/vast?cb=[CACHEBUSTING]")
+    result = await upstream.fetch(params={"placement_id": "preroll"}, context=context)
+
+`fetch` never raises for anything an upstream does: every failure becomes a `VastResult` with
+status `no_ad` or `error` and its IAB code, and is reported to the chain's `<Error>` pixels in
+the background. Parsing and merging are pure (`streams.vast.parse`, `streams.vast.chain`); this
+module only walks the chain: fetching, deadlines, retries, caching and pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from urllib.parse import quote, urlencode, urljoin
+
+import msgspec
+
+from models.context import SessionContext
+from streams.macros import Macros
+from streams.vast import chain
+from streams.vast.cache import ResponseCache, cache_ttl
+from streams.vast.document import Ad, Document
+from streams.vast.errors import (
+    NoAdError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    VastError,
+    WrapperLimitReached,
+    WrapperLoop,
+)
+from streams.vast.parse import parse_vast
+from streams.vast.pixels import ErrorPixels
+from streams.vast.result import ErrorReport, Hop, ResolvedAd, Status, VastResult
+from streams.vast.retry import NO_RETRIES, RetryPolicy
+from streams.vast.transport import Fetched, VastTransport
+
+DEFAULT_MAX_DEPTH = 5
+"""Wrappers followed before an InLine must come: IAB's minimum for players."""
+
+
+class VastUpstream:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        transport: VastTransport | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        hop_timeout: float = 2.0,
+        timeout: float = 5.0,
+        retry: RetryPolicy = NO_RETRIES,
+        cache: ResponseCache | None = None,
+        cache_ttl: float = 60.0,
+        allow_multiple_ads: bool = True,
+        unix_timestamp: bool = False,
+        fire_error_pixels: bool = True,
+    ) -> None:
+        """
+        `url`: the tag (macros allowed) that `fetch` requests when given only params.
+        `transport`: share one across upstreams; by default the upstream opens and owns one.
+        `hop_timeout` bounds each document fetch, `timeout` the whole chain (retries included).
+        `cache`/`cache_ttl`: store this upstream's responses for up to `cache_ttl` seconds,
+        less if a response's Cache-Control says so, never if it forbids it.
+        `allow_multiple_ads`: whether the tag's response may be an ad pod.
+        `unix_timestamp`: `[TIMESTAMP]` as Unix milliseconds instead of ISO 8601.
+        """
+        if max_depth < 0 or hop_timeout <= 0 or timeout <= 0 or cache_ttl <= 0:
+            raise ValueError("max_depth must be >= 0 and every duration > 0")
+        self.url = url
+        self._owns_transport = transport is None
+        self.transport = transport or VastTransport()
+        self.max_depth = max_depth
+        self.hop_timeout = hop_timeout
+        self.timeout = timeout
+        self.retry = retry
+        self.cache = cache
+        self.cache_ttl = cache_ttl
+        self.allow_multiple_ads = allow_multiple_ads
+        self.unix_timestamp = unix_timestamp
+        self.error_pixels = ErrorPixels(self.transport) if fire_error_pixels else None
+
+    async def fetch(
+        self,
+        url_or_params: str | Mapping[str, str] | None = None,
+        /,
+        *,
+        context: SessionContext,
+        params: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> VastResult:
+        """Resolve a tag for one request.
+
+        `url_or_params`: the tag URL (macros allowed), or params for the upstream's own `url`.
+        `params` fill macros and are added to the tag's query string.
+        `retry` overrides the upstream's policy for this call.
+        """
+        if isinstance(url_or_params, str):
+            template = url_or_params
+        else:
+            if self.url is None:
+                raise TypeError("this VastUpstream has no url: pass one to fetch()")
+            template = self.url
+            if url_or_params is not None:
+                params = {**url_or_params, **(params or {})}
+        resolution = _Resolution(self, context, params, retry or self.retry)
+        return await resolution.run(template)
+
+    async def aclose(self) -> None:
+        """Let pending error pixels finish briefly, then close what this upstream opened."""
+        if self.error_pixels is not None:
+            await self.error_pixels.aclose()
+        if self._owns_transport:
+            await self.transport.aclose()
+
+    async def __aenter__(self) -> VastUpstream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _Loaded:
+    """A fetched document, with the URL its relative VASTAdTagURIs resolve against."""
+
+    __slots__ = ("_text", "body", "document", "url")
+
+    def __init__(self, url: str, document: Document, body: bytes) -> None:
+        self.url = url
+        self.document = document
+        self.body = body
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.body.decode(self.document.encoding, errors="replace")
+        return self._text
+
+
+class _Resolution:
+    """The state of one `fetch`: its macros, deadline, hops and reported failures."""
+
+    def __init__(
+        self,
+        upstream: VastUpstream,
+        context: SessionContext,
+        params: Mapping[str, str] | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self.upstream = upstream
+        self.macros = Macros(context, params, unix_timestamp=upstream.unix_timestamp)
+        self.params = params
+        self.cookies = context.cookies
+        self.retry = retry
+        self.loop = asyncio.get_running_loop()
+        # On the event loop's clock, for asyncio.timeout_at.
+        self.deadline = self.loop.time() + upstream.timeout
+        self.hops: list[Hop] = []
+        self.reports: list[ErrorReport] = []
+
+    async def run(self, template: str) -> VastResult:
+        url = _with_query(self.macros.expand(template), self.params)
+        cache = self.upstream.cache
+        key = cache.key(template, self.params) if cache else None
+        rules = chain.Rules(allow_multiple_ads=self.upstream.allow_multiple_ads)
+        try:
+            ads = await self._follow(url, key, (), frozenset(), rules)
+        except VastError as exc:
+            if not exc.reported:
+                self._report(exc, ())
+            status: Status = "no_ad" if isinstance(exc, NoAdError) else "error"
+            return VastResult(status, exc.code, (), tuple(self.hops), tuple(self.reports))
+        return VastResult("inline", None, tuple(ads), tuple(self.hops), tuple(self.reports))
+
+    async def _follow(
+        self,
+        url: str,
+        key: str | None,
+        wrappers: tuple[Ad, ...],
+        visited: frozenset[str],
+        rules: chain.Rules,
+    ) -> list[ResolvedAd]:
+        """Fetch the document at `url` and resolve the ads `rules` select from it."""
+        if url in visited:
+            raise WrapperLoop(f"{url} is already in this chain")
+        loaded = await self._load(url, key)
+        document = loaded.document
+        try:
+            targets, fallbacks = chain.plan(document, rules)
+        except VastError as exc:
+            self._report(exc, chain.error_urls(wrappers, document.errors))
+            raise
+        visited = visited | {url, loaded.url}
+        if len(targets) == 1:
+            outcomes = [await self._slot(targets[0], fallbacks, loaded, wrappers, visited)]
+        else:
+            # The pod's ads resolve concurrently; siblings may share a URL, since each one's
+            # cycle check sees only its own chain.
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._slot(ad, fallbacks, loaded, wrappers, visited))
+                    for ad in targets
+                ]
+            outcomes = [task.result() for task in tasks]
+        ads = [ad for outcome in outcomes if isinstance(outcome, list) for ad in outcome]
+        if ads:
+            return ads
+        raise next(outcome for outcome in outcomes if isinstance(outcome, VastError))
+
+    async def _slot(
+        self,
+        ad: Ad,
+        fallbacks: deque[Ad],
+        loaded: _Loaded,
+        wrappers: tuple[Ad, ...],
+        visited: frozenset[str],
+    ) -> list[ResolvedAd] | VastError:
+        """Resolve `ad`, or the stand-alone ads that may replace it, in turn. Returns the
+        first failure when none resolves."""
+        first_failure: VastError | None = None
+        while True:
+            try:
+                return await self._resolve_ad(ad, loaded, wrappers, visited)
+            except VastError as exc:
+                if not exc.reported:
+                    self._report(exc, chain.error_urls((*wrappers, ad)))
+                first_failure = first_failure or exc
+            if not (fallbacks and chain.may_fall_back(ad)):
+                return first_failure
+            ad = fallbacks.popleft()
+
+    async def _resolve_ad(
+        self, ad: Ad, loaded: _Loaded, wrappers: tuple[Ad, ...], visited: frozenset[str]
+    ) -> list[ResolvedAd]:
+        if ad.wrapper is None:
+            if not ad.creatives:
+                raise NoAdError("an InLine ad without creatives")
+            return [chain.resolve_ad(ad, wrappers, self.macros, loaded.text)]
+        if len(wrappers) >= self.upstream.max_depth:
+            raise WrapperLimitReached(f"more than {self.upstream.max_depth} Wrappers in a chain")
+        uri = ad.wrapper.ad_tag_uri
+        url = urljoin(loaded.url, self.macros.expand(uri))
+        cache = self.upstream.cache
+        key = cache.key(urljoin(loaded.url, uri)) if cache else None
+        ads = await self._follow(url, key, (*wrappers, ad), visited, chain.Rules.of(ad.wrapper))
+        if len(ads) == 1 and ad.sequence is not None:
+            # A Wrapper's place in a pod passes to the one ad it resolved to.
+            return [msgspec.structs.replace(ads[0], sequence=ad.sequence)]
+        return ads
+
+    async def _load(self, url: str, key: str | None) -> _Loaded:
+        cache = self.upstream.cache
+        if cache is not None and key is not None:
+            started = time.perf_counter()
+            body = await cache.get(key)
+            if body is not None:
+                self.hops.append(Hop(url, 200, _ms_since(started), cached=True))
+                return _Loaded(url, parse_vast(body), body)
+        fetched = await self._get(url)
+        if fetched.status == 204 or not fetched.body.strip():
+            raise NoAdError(f"empty response from {url}")
+        document = parse_vast(fetched.body)
+        if cache is not None and key is not None and document.ads:
+            ttl = cache_ttl(fetched.cache_control, self.upstream.cache_ttl)
+            if ttl is not None:
+                await cache.set(key, fetched.body, ttl)
+        return _Loaded(fetched.url, document, fetched.body)
+
+    async def _get(self, url: str) -> Fetched:
+        """One hop: GET with retries, within the hop timeout and the chain deadline."""
+        started = time.perf_counter()
+        attempts = status = 0
+        try:
+            while True:
+                attempts += 1
+                now = self.loop.time()
+                if now >= self.deadline:
+                    raise UpstreamTimeout(f"the chain deadline passed before {url}")
+                try:
+                    fetched = await self._attempt(
+                        url, min(now + self.upstream.hop_timeout, self.deadline)
+                    )
+                    status = fetched.status
+                    return fetched
+                except VastError as exc:
+                    if isinstance(exc, UpstreamStatusError):
+                        status = exc.status
+                    if not exc.retryable or attempts > self.retry.max_retries:
+                        raise
+                    delay = self.retry.delay(attempts - 1)
+                    if self.loop.time() + delay >= self.deadline:
+                        raise
+                await asyncio.sleep(delay)
+        finally:
+            self.hops.append(Hop(url, status, _ms_since(started), attempts))
+
+    async def _attempt(self, url: str, deadline: float) -> Fetched:
+        try:
+            async with asyncio.timeout_at(deadline):
+                fetched = await self.upstream.transport.get(url, cookies=self.cookies)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no response from {url} in time") from None
+        if not 200 <= fetched.status < 300:
+            raise UpstreamStatusError(fetched.status, url)
+        return fetched
+
+    def _report(self, exc: VastError, urls: Sequence[str]) -> None:
+        exc.reported = True
+        pixels = tuple(self.macros.expand(url, error_code=exc.code) for url in urls)
+        self.reports.append(ErrorReport(exc.code, str(exc), pixels))
+        if pixels and self.upstream.error_pixels is not None:
+            self.upstream.error_pixels.fire(pixels)
+
+
+def _with_query(url: str, params: Mapping[str, str] | None) -> str:
+    if not params:
+        return url
+    base, hash_mark, fragment = url.partition("#")
+    separator = "" if base.endswith(("?", "&")) else "&" if "?" in base else "?"
+    return f"{base}{separator}{urlencode(params, quote_via=quote)}{hash_mark}{fragment}"
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
