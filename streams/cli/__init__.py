@@ -4,6 +4,7 @@ import click
 
 from streams.cli.demo import demo
 from streams.cli.infra import infra_group
+from streams.cli.vast import vast_group
 
 
 @click.group()
@@ -14,3 +15,4 @@ def main() -> None:
 
 main.add_command(demo)
 main.add_command(infra_group)
+main.add_command(vast_group)

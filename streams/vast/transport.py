@@ -281,7 +281,7 @@ def _fetch_error(exc: BaseException, url: str) -> FetchError:
             return UpstreamTimeout(f"{url}: timed out")
         if isinstance(cause, (httpx.UnsupportedProtocol, aiohttp.InvalidURL)):
             return InvalidUrl(f"{url}: {cause}")
-    return UpstreamUnavailable(f"{url}: {type(exc).__name__}: {exc}")
+    return UpstreamUnavailable(f"{url}: {exc}")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
