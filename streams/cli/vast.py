@@ -60,7 +60,10 @@ def resolve(
 
     Exits 0 when an ad resolved, 1 otherwise.
     """
-    result = asyncio.run(_resolve(url, params, timeout, max_depth, fire_errors))
+    upstream = VastUpstream(
+        timeout=timeout, hop_timeout=timeout, max_depth=max_depth, fire_error_pixels=fire_errors
+    )
+    result = asyncio.run(_resolve(upstream, url, params))
     if as_json:
         document = {
             "status": result.status,
@@ -76,15 +79,8 @@ def resolve(
     sys.exit(0 if result.status == "inline" else 1)
 
 
-async def _resolve(
-    url: str, params: dict[str, str], timeout: float, max_depth: int, fire_errors: bool
-) -> VastResult:
-    async with VastUpstream(
-        timeout=timeout,
-        hop_timeout=timeout,
-        max_depth=max_depth,
-        fire_error_pixels=fire_errors,
-    ) as upstream:
+async def _resolve(upstream: VastUpstream, url: str, params: dict[str, str]) -> VastResult:
+    async with upstream:
         return await upstream.fetch(url, context=SessionContext.create(), params=params)
 
 
