@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -74,21 +75,37 @@ class VastServer:
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
         name: str = "doc.xml",
+        path: str | None = None,
         handler: Handler | None = None,
     ) -> str:
-        """Register a route at a fresh path and return its URL. `body` may be a sequence of
-        `Reply`s, served one per request."""
-        if isinstance(body, (bytes, str)):
-            encoded = body.encode() if isinstance(body, str) else body
-            replies = [Reply(encoded, status, headers or {}, delay)]
-        else:
-            replies = list(body)
-        path = f"/r{next(self._paths)}/{name}"
-        self._routes[path] = Route(replies, handler)
+        """Register a route at `path` (by default a fresh one ending in `name`) and return its
+        URL. `body` may be a sequence of `Reply`s, served one per request."""
+        path = path or f"/r{next(self._paths)}/{name}"
+        self._routes[path] = Route([], handler)
+        self.set(self.url(path), body, status=status, headers=headers, delay=delay)
         return self.url(path)
 
+    def set(
+        self,
+        url: str,
+        body: bytes | str | Iterable[Reply],
+        *,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Change what a route serves (routes that point at each other need both URLs first)."""
+        if isinstance(body, (bytes, str)):
+            encoded = body.encode() if isinstance(body, str) else body
+            self.route(url).replies = [Reply(encoded, status, headers or {}, delay)]
+        else:
+            self.route(url).replies = list(body)
+
+    def fresh_path(self) -> str:
+        return f"/r{next(self._paths)}"
+
     def route(self, url: str) -> Route:
-        return self._routes[url.removeprefix(self.base_url).split("?")[0]]
+        return self._routes[urlsplit(url).path]
 
     def seen(self, url: str) -> list[Seen]:
         return self.route(url).seen
