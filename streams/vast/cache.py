@@ -63,7 +63,9 @@ class ResponseCache:
         `params` added to its query; per-request values are left out of both."""
         source = cache_key_template(template)
         if params:
-            kept = sorted((k, v) for k, v in params.items() if k.upper() not in PER_REQUEST_MACROS)
+            kept = sorted(
+                (k, v) for k, v in params.items() if _macro_name(k) not in PER_REQUEST_MACROS
+            )
             source = f"{source}\n{urlencode(kept)}"
         return self._prefix + hashlib.sha256(source.encode()).hexdigest()
 
@@ -108,3 +110,8 @@ def cache_ttl(cache_control: str | None, default: float) -> float | None:
     if age is None:
         return default
     return min(default, float(age)) or None
+
+
+def _macro_name(key: str) -> str:
+    # The macro a params key fills, spelled as streams.macros reads it (page_url: PAGEURL).
+    return key.replace("_", "").upper()
