@@ -1,6 +1,7 @@
-"""Where adstream finds its services: environment variables with local defaults.
+"""Where adstream finds its services and how its worker runs: environment variables with
+local defaults.
 
-The defaults match `docker-compose.yml` as seen from the host, so a user who runs the
+The service defaults match `docker-compose.yml` as seen from the host, so a user who runs the
 compose file needs to set nothing.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import msgspec
 
@@ -20,13 +21,51 @@ DEFAULT_WEB_PORT = 6066
 class Settings(msgspec.Struct, frozen=True):
     kafka_bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP_SERVERS
     redis_url: str = DEFAULT_REDIS_URL
+    """Empty string: run without the Redis lookaside."""
     web_port: int = DEFAULT_WEB_PORT
+    web_bind: str = "0.0.0.0"
+    """Where the web port (metrics, table routes) listens."""
+    web_host: str = "127.0.0.1"
+    """How other workers reach this one's web port (the lookaside's fallback is routed)."""
+    app_id: str = "adstream"
+    """The consumer group, and the prefix of the worker's internal topics."""
+    topic_prefix: str = ""
+    """Put before every topic name, so that several deployments (or tests) share a broker."""
+    partitions: int = 8
+    """Partitions of the topics the worker creates when they are missing."""
+    data_dir: str = "/var/lib/adstream"
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    commit_interval_s: float = 0.05
+    """How often decisions become visible: each commit ends a Kafka transaction."""
+    fetch_wait_ms: int = 10
+    """How long the broker may hold a fetch open for more data (Faust ships 1500)."""
+    batch_size: int = 500
+    batch_wait_s: float = 0.005
+    hop_timeout_s: float = 1.0
+    chain_timeout_s: float = 2.0
+    standby_replicas: int = 0
+    log_level: str = "info"
 
     # The environment variable each field is read from.
     ENV_NAMES: ClassVar[dict[str, str]] = {
         "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
         "redis_url": "REDIS_URL",
         "web_port": "ADSTREAM_WEB_PORT",
+        "web_bind": "ADSTREAM_WEB_BIND",
+        "web_host": "ADSTREAM_WEB_HOST",
+        "app_id": "ADSTREAM_APP_ID",
+        "topic_prefix": "ADSTREAM_TOPIC_PREFIX",
+        "partitions": "ADSTREAM_PARTITIONS",
+        "data_dir": "ADSTREAM_DATA_DIR",
+        "store": "ADSTREAM_STORE",
+        "commit_interval_s": "ADSTREAM_COMMIT_INTERVAL_S",
+        "fetch_wait_ms": "ADSTREAM_FETCH_WAIT_MS",
+        "batch_size": "ADSTREAM_BATCH_SIZE",
+        "batch_wait_s": "ADSTREAM_BATCH_WAIT_S",
+        "hop_timeout_s": "ADSTREAM_HOP_TIMEOUT_S",
+        "chain_timeout_s": "ADSTREAM_CHAIN_TIMEOUT_S",
+        "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
+        "log_level": "ADSTREAM_LOG_LEVEL",
     }
 
     @classmethod
@@ -39,3 +78,7 @@ class Settings(msgspec.Struct, frozen=True):
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise ValueError(f"bad environment setting: {exc}") from exc
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings (for child processes)."""
+        return {name: str(getattr(self, field)) for field, name in self.ENV_NAMES.items()}

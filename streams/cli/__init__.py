@@ -2,9 +2,11 @@
 
 import click
 
+from streams.cli.campaigns import campaigns_group
 from streams.cli.demo import demo
 from streams.cli.infra import infra_group
 from streams.cli.vast import vast_group
+from streams.cli.worker import worker
 
 
 @click.group()
@@ -16,3 +18,5 @@ def main() -> None:
 main.add_command(demo)
 main.add_command(infra_group)
 main.add_command(vast_group)
+main.add_command(worker)
+main.add_command(campaigns_group)

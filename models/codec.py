@@ -1,0 +1,116 @@
+"""One JSON codec for every topic: encode any event; decode and validate at the boundary.
+
+Decoding checks, in order: size, JSON syntax and field types (msgspec), the `schema` version,
+then the rules a type cannot express (money, event-time range, cookie sizes). Every failure is
+an `InvalidEvent` whose `reason` is one short, stable word (for metrics and the DLQ) and whose
+message says exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from models.events import SCHEMA_VERSION, AdRequest, Campaign
+from models.money import CPM_MAX_PLACES, MoneyError, to_micros
+
+MAX_EVENT_BYTES = 64 * 1024
+# Event times outside [2000-01-01, 2100-01-01) are typos or unit mistakes (seconds, us).
+MIN_TIMESTAMP_MS = 946_684_800_000
+MAX_TIMESTAMP_MS = 4_102_444_800_000
+MAX_COOKIES = 64
+MAX_COOKIE_BYTES = 4096
+
+InvalidReason = Literal["oversize", "undecodable", "invalid", "schema_version"]
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+class _SchemaOnly(msgspec.Struct):
+    schema: int | None = None
+
+
+class InvalidEvent(ValueError):
+    """A message that cannot be used; `reason` is its category, the message its detail."""
+
+    def __init__(self, reason: InvalidReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(event: msgspec.Struct) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    """Decode one message into `kind`, checking its size, types and schema version."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidEvent("oversize", f"{len(data)} bytes > {MAX_EVENT_BYTES}")
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        event: T = decoder.decode(data)
+    except RecursionError as exc:
+        # msgspec skips an unknown field's value recursively: deep nesting ends up here.
+        raise InvalidEvent("undecodable", "JSON nested too deeply") from exc
+    except msgspec.DecodeError as exc:
+        # A message from a newer schema may not fit today's fields: say so rather than
+        # report the first field that differs.
+        _check_schema(data)
+        reason: InvalidReason = (
+            "invalid" if isinstance(exc, msgspec.ValidationError) else ("undecodable")
+        )
+        raise InvalidEvent(reason, str(exc)) from exc
+    schema = getattr(event, "schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise InvalidEvent("schema_version", f"schema {schema} is not supported (only 1)")
+    return event
+
+
+def _check_schema(data: bytes) -> None:
+    try:
+        schema = msgspec.json.decode(data, type=_SchemaOnly).schema
+    except (msgspec.DecodeError, RecursionError):
+        return
+    if schema is not None and schema != SCHEMA_VERSION:
+        raise InvalidEvent("schema_version", f"schema {schema} is not supported (only 1)")
+
+
+def decode_request(data: bytes) -> AdRequest:
+    """An `AdRequest`, with its context's event time and cookies within sane bounds."""
+    request = decode(data, AdRequest)
+    context = request.context
+    if not MIN_TIMESTAMP_MS <= context.timestamp < MAX_TIMESTAMP_MS:
+        raise InvalidEvent(
+            "invalid", f"context.timestamp {context.timestamp} is not Unix ms in 2000..2099"
+        )
+    if len(context.cookies) > MAX_COOKIES:
+        raise InvalidEvent("invalid", f"{len(context.cookies)} cookies > {MAX_COOKIES}")
+    for name, value in context.cookies.items():
+        if len(name) + len(value) > MAX_COOKIE_BYTES:
+            raise InvalidEvent("invalid", f"cookie {name[:40]!r} is over {MAX_COOKIE_BYTES} bytes")
+    if not context.request_id:
+        raise InvalidEvent("invalid", "context.request_id is empty")
+    return request
+
+
+def decode_campaign(data: bytes) -> Campaign:
+    """A `Campaign` whose money fields are exact (CPM at most 3 places, budgets at most 6)."""
+    campaign = decode(data, Campaign)
+    try:
+        to_micros(campaign.cpm, max_places=CPM_MAX_PLACES)
+        for field in ("lifetime", "daily"):
+            amount = getattr(campaign.budget, field)
+            if amount is not None:
+                to_micros(amount)
+    except MoneyError as exc:
+        raise InvalidEvent("invalid", str(exc)) from exc
+    if not campaign.vast_url.startswith(("http://", "https://")):
+        raise InvalidEvent("invalid", f"vast_url {campaign.vast_url[:80]!r} is not http(s)")
+    return campaign

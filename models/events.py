@@ -1,0 +1,132 @@
+"""The events on adstream's public topics (DESIGN.md, "Topics and events").
+
+Every message is one JSON object with an integer `schema` field. Money travels as decimal
+strings ("2.50") and is turned into integer micros at the boundary (`models.money`).
+
+| topic            | key           | value        |
+| ---------------- | ------------- | ------------ |
+| `ad-requests`    | user key      | `AdRequest`  |
+| `campaigns`      | campaign_id   | `Campaign`   |
+| `ad-served`      | campaign_id   | `AdServed`   |
+| `ad-denied`      | campaign_id   | `AdDenied`   |
+| `ad-requests-dlq`| original key  | `DeadLetter` |
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from models.context import SessionContext
+from streams.vast.result import Hop, ResolvedAd
+
+SCHEMA_VERSION = 1
+
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Params = Annotated[dict[str, str], msgspec.Meta(max_length=256)]
+
+DenialReason = Literal[
+    "frequency_cap",
+    "budget_exhausted",
+    "campaign_unknown",
+    "campaign_inactive",
+    "anonymous",
+    "no_fill",
+    "upstream_error",
+]
+AnonymousPolicy = Literal["deny", "uncapped"]
+
+
+class AdRequest(msgspec.Struct, frozen=True):
+    """An edge server asks for an ad of one campaign for one placement."""
+
+    schema: int
+    context: SessionContext
+    campaign_id: Identifier
+    placement_id: Identifier
+    params: Params = {}
+    """Extra values for macros and for the upstream's query string."""
+
+
+class Budget(msgspec.Struct, frozen=True):
+    lifetime: str | None = None
+    """Decimal string; None means no lifetime limit."""
+    daily: str | None = None
+    """Decimal string per UTC calendar day of event time; None means no daily limit."""
+
+
+class FrequencyCap(msgspec.Struct, frozen=True):
+    """At most `max` served impressions per user within any `window_s` seconds of event time."""
+
+    max: Annotated[int, msgspec.Meta(ge=1)]
+    window_s: Annotated[int, msgspec.Meta(ge=1, le=400 * 86_400)]
+
+
+class Campaign(msgspec.Struct, frozen=True):
+    """A campaign's configuration; the latest message per campaign_id is in force."""
+
+    schema: int
+    campaign_id: Identifier
+    active: bool
+    vast_url: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    """The upstream VAST tag; may contain macros."""
+    cpm: str
+    """Decimal string, at most 3 decimal places: one impression costs cpm / 1000."""
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}\\Z")]
+    budget: Budget = Budget()
+    frequency_caps: tuple[FrequencyCap, ...] = ()
+    anonymous_policy: AnonymousPolicy = "deny"
+
+
+class AdServed(msgspec.Struct, frozen=True):
+    schema: int
+    request_id: str
+    correlator: str
+    campaign_id: str
+    placement_id: str
+    user_id: str | None
+    """None for an anonymous user."""
+    timestamp: int
+    """Event time (Unix ms) of the request."""
+    cost: str
+    currency: str
+    ad: ResolvedAd
+    """The ad with impression, error and tracking URLs merged over the chain, macros expanded."""
+    vast: str
+    """The final InLine document, macros substituted."""
+    chain: tuple[Hop, ...]
+    campaign_version: int
+    """Offset in `campaigns` of the configuration this decision applied."""
+
+
+class AdDenied(msgspec.Struct, frozen=True):
+    schema: int
+    request_id: str
+    correlator: str
+    campaign_id: str
+    placement_id: str
+    user_id: str | None
+    timestamp: int
+    reason: DenialReason
+    detail: str | None
+    """Which cap or budget; the IAB error code for upstream failures."""
+    campaign_version: int | None
+    """None when the campaign was unknown."""
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A message the worker could not use, kept whole for operators."""
+
+    schema: int
+    key: str | None
+    """The original key, base64."""
+    value: str | None
+    """The original value, base64."""
+    topic: str
+    partition: int
+    offset: int
+    error: str
+
+
+Decision = AdServed | AdDenied

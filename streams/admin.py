@@ -1,0 +1,123 @@
+"""Administration: the topics a deployment needs, and publishing campaign configurations."""
+
+from __future__ import annotations
+
+import contextlib
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from models.codec import InvalidEvent, decode_campaign, encode
+from models.events import Campaign
+from streams.app import Partitions
+from streams.topics import Topics
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Partitions:
+    """Create what is missing (campaigns compacted) and return the partition counts in force.
+
+    `requests-by-campaign` must be partitioned exactly like `campaigns`: the decide stage
+    reads both as one stream, and a campaign's requests must meet its rules and state.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = await _partition_counts(admin, [*topics.public, topics.by_campaign])
+        campaign_partitions = existing.get(topics.campaigns, partitions)
+        wanted = {name: partitions for name in topics.public}
+        wanted[topics.campaigns] = campaign_partitions
+        wanted[topics.by_campaign] = campaign_partitions
+        missing = [
+            NewTopic(
+                name,
+                num_partitions=count,
+                replication_factor=1,
+                topic_configs=COMPACTED if name == topics.campaigns else {},
+            )
+            for name, count in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            # Another worker of the group may have created them first.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        counts = await _partition_counts(admin, [topics.requests, topics.by_campaign])
+        if counts[topics.by_campaign] != campaign_partitions:
+            raise RuntimeError(
+                f"{topics.by_campaign} has {counts[topics.by_campaign]} partitions but "
+                f"{topics.campaigns} has {campaign_partitions}; they must match"
+            )
+        return Partitions(requests=counts[topics.requests], campaigns=campaign_partitions)
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    # Describing a missing topic can make a broker auto-create it with default settings,
+    # so only topics that already exist are described.
+    existing = set(await admin.list_topics())
+    names = [name for name in names if name in existing]
+    if not names:
+        return {}
+    described = await admin.describe_topics(names)
+    return {
+        topic["topic"]: len(topic["partitions"])
+        for topic in described
+        if topic.get("error_code", 0) == 0 and topic["partitions"]
+    }
+
+
+class CampaignFileError(ValueError):
+    """A campaigns file that cannot be loaded; nothing from it was published."""
+
+
+def read_campaigns(path: Path) -> list[Campaign]:
+    """A JSON list of campaigns, or a TOML file of `[[campaigns]]` tables, each validated.
+
+    Every entry is checked before anything is published, so a bad file changes nothing.
+    """
+    try:
+        text = path.read_bytes()
+        raw = (
+            tomllib.loads(text.decode())["campaigns"]
+            if path.suffix == ".toml"
+            else (msgspec.json.decode(text))
+        )
+    except (OSError, ValueError, KeyError, msgspec.DecodeError) as exc:
+        raise CampaignFileError(f"{path}: cannot read a list of campaigns: {exc}") from exc
+    if not isinstance(raw, list):
+        raise CampaignFileError(f"{path}: expected a list of campaigns")
+    campaigns, problems = [], []
+    for index, entry in enumerate(raw):
+        try:
+            campaigns.append(decode_campaign(msgspec.json.encode(entry)))
+        except InvalidEvent as exc:
+            name = entry.get("campaign_id", "?") if isinstance(entry, dict) else "?"
+            problems.append(f"  #{index} ({name}): {exc}")
+    if problems:
+        raise CampaignFileError(
+            f"{path}: invalid campaigns, none published:\n" + "\n".join(problems)
+        )
+    return campaigns
+
+
+async def publish_campaigns(bootstrap: str, topic: str, campaigns: Sequence[Campaign]) -> list[int]:
+    """Publish (idempotent, acks=all), keyed by campaign_id; returns each one's offset,
+    which is the `campaign_version` decisions will name."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, encode(campaign), key=campaign.campaign_id.encode())
+            for campaign in campaigns
+        ]
+        return [(await future).offset for future in futures]
+    finally:
+        await producer.stop()

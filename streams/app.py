@@ -1,0 +1,147 @@
+"""The worker, top to bottom: topics in, two stages, decisions out.
+
+    ad-requests ──route──▶ requests-by-campaign ─┐
+         │                                        ├─decide─▶ ad-served / ad-denied
+         └─▶ ad-requests-dlq        campaigns ────┘
+
+`route` (`streams.stages.route`) validates and de-duplicates; `decide`
+(`streams.stages.decide`) applies each campaign's rules, caps and budget and resolves its
+VAST upstream. Both read batches (`take_events`) and write through `streams.faust_patches`,
+which makes Faust's exactly-once hold: every output and table write commits in one Kafka
+transaction with the offsets of the events that caused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+import faust
+import msgspec
+from faust.types import EventT, StreamT
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from models.codec import encode
+from streams.faust_patches import CommitBarrier, TransactionalSender, set_fetch_wait
+from streams.lookaside import StateView, cap_view, spend_view
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.stages.decide import Decider, Lookaside, Resolver
+from streams.stages.outputs import Outputs
+from streams.stages.route import Router
+from streams.state.frequency import Impressions
+from streams.state.spend import Spend
+from streams.tables import Tables, frequency_key
+from streams.topics import Topics
+
+JSON = "application/json"
+
+
+class Partitions(msgspec.Struct, frozen=True):
+    """How the worker's source topics are partitioned (tables follow their sources)."""
+
+    requests: int
+    campaigns: int
+
+
+class Worker(msgspec.Struct):
+    """Everything one worker process holds, for the runner and for tests to reach."""
+
+    app: faust.App
+    topics: Topics
+    tables: Tables
+    metrics: Metrics
+    router: Router
+    decider: Decider
+
+
+def create_worker(
+    settings: Settings,
+    partitions: Partitions,
+    resolver: Resolver,
+    metrics: Metrics,
+    lookaside: Lookaside | None = None,
+) -> Worker:
+    set_fetch_wait(settings.fetch_wait_ms)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=settings.data_dir,
+        processing_guarantee="exactly_once",
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=settings.standby_replicas,
+        topic_partitions=partitions.campaigns,
+        topic_replication_factor=1,
+        web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        web_host=settings.web_host,
+        web_in_thread=False,
+        producer_linger_ms=1,
+    )
+    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    tables = Tables(
+        app, requests_partitions=partitions.requests, campaign_partitions=partitions.campaigns
+    )
+    sender = TransactionalSender(app)
+    barrier = CommitBarrier(app)
+    router = Router(Outputs(sender, topics.dlq), tables.seen, topics.by_campaign, metrics)
+    decider = Decider(Outputs(sender, topics.dlq), tables, topics, resolver, metrics, lookaside)
+
+    def raw_topic(*names: str) -> Any:
+        return app.topic(
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    async def rebuild_route_expiry() -> None:
+        router.rebuild_expiry()
+
+    async def rebuild_decide_expiry() -> None:
+        decider.rebuild_expiry()
+
+    tables.seen.table.on_recover(rebuild_route_expiry)
+    tables.frequency.table.on_recover(rebuild_decide_expiry)
+
+    def batches(stream: StreamT[Any]) -> AsyncIterator[Sequence[EventT[Any]]]:
+        barrier.install()
+        taken: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).take_events(
+            settings.batch_size, settings.batch_wait_s
+        )
+        return taken
+
+    @app.agent(raw_topic(topics.requests), name="route")
+    async def route(stream: StreamT[Any]) -> None:
+        async for events in batches(stream):
+            async with barrier.batch():
+                await router.handle(events)
+
+    @app.agent(raw_topic(topics.by_campaign, topics.campaigns), name="decide")
+    async def decide(stream: StreamT[Any]) -> None:
+        async for events in batches(stream):
+            async with barrier.batch():
+                await decider.handle(events)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        for name, table in (("seen", tables.seen), ("frequency", tables.frequency)):
+            metrics.table_keys.labels(table=name).set(len(table))
+        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/adstream/state/{campaign_id}/")
+    @app.table_route(table=tables.spend.table, match_info="campaign_id")
+    async def state_page(web: Any, request: Any, campaign_id: str) -> Any:
+        """The lookaside's fallback: one campaign's spend and, with ?user=, a user's caps."""
+        rules = tables.campaigns.get(campaign_id)
+        if rules is None:
+            return web.bytes(encode(StateView(campaign_id, known=False)), content_type=JSON)
+        spent = tables.spend.get(campaign_id) or Spend()
+        cap = None
+        user_id = request.query.get("user")
+        if user_id and rules.caps:
+            entry = tables.frequency.get(frequency_key(campaign_id, user_id))
+            cap = cap_view(entry.impressions if entry else Impressions(), rules)
+        view = StateView(campaign_id, True, spend_view(spent, rules), cap)
+        return web.bytes(encode(view), content_type=JSON)
+
+    return Worker(app, topics, tables, metrics, router, decider)

@@ -1,0 +1,134 @@
+"""The decision rules, pure: given a request, its campaign's rules and the state, what happens.
+
+The worker resolves many requests' upstreams at once, so a request may be decided while
+earlier ones still hold a *reservation* (cap slot and cost taken, upstream not yet answered).
+A reservation that ends without an ad is released, so it must not cost a later request its
+ad. `DecisionBook.evaluate` therefore answers one of:
+
+- `Deny`: refused whatever the pending reservations turn into;
+- `Reserve`: fits even if every pending reservation is served;
+- `Wait`: fits only if some pending reservations are released; decide again once they end.
+
+Deciding again after a `Wait` gives exactly the outcome of deciding the requests one at a
+time in stream order, while the upstream calls of all the others overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.events import DenialReason
+from streams.state import frequency, spend
+from streams.state.campaigns import CampaignRules
+from streams.state.frequency import Impressions
+from streams.state.spend import Spend
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    reason: DenialReason
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    on: frozenset[str]
+    """Request ids of the pending reservations to see ended first."""
+
+
+Verdict = Deny | Reserve | Wait
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    request_id: str
+    campaign_id: str
+    user_id: str | None
+    t: int
+    cost: int
+    capped: bool
+    """Whether it holds a cap slot (false for uncapped campaigns and anonymous users)."""
+
+
+class DecisionBook:
+    """The reservations pending in one worker; `evaluate` weighs a request against them."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Reservation] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def evaluate(
+        self,
+        *,
+        request_id: str,
+        user_id: str | None,
+        t: int,
+        rules: CampaignRules | None,
+        impressions: Impressions | None,
+        spent: Spend | None,
+    ) -> Verdict:
+        """The verdict for one request; `impressions` and `spent` are the committed state."""
+        if rules is None:
+            return Deny("campaign_unknown")
+        if not rules.active:
+            return Deny("campaign_inactive")
+        capped = bool(rules.caps) and user_id is not None
+        if rules.caps and user_id is None and not rules.anonymous_allowed:
+            return Deny("anonymous")
+        if capped:
+            verdict = self._check_caps(rules, user_id, t, impressions or Impressions())
+            if verdict is not None:
+                return verdict
+        return self._check_budget(rules, t, spent or Spend()) or Reserve(rules.cost_micros)
+
+    def _check_caps(
+        self, rules: CampaignRules, user_id: str | None, t: int, impressions: Impressions
+    ) -> Verdict | None:
+        if frequency.is_late(impressions, rules.caps, t):
+            return Deny("frequency_cap", "late")
+        cap = frequency.blocking_cap(impressions.times, rules.caps, t)
+        if cap is not None:
+            return Deny("frequency_cap", cap.label)
+        mine = [
+            r
+            for r in self._pending.values()
+            if r.capped and r.campaign_id == rules.campaign_id and r.user_id == user_id
+        ]
+        if mine:
+            with_pending = sorted([*impressions.times, *(r.t for r in mine)])
+            if frequency.blocking_cap(with_pending, rules.caps, t) is not None:
+                return Wait(frozenset(r.request_id for r in mine))
+        return None
+
+    def _check_budget(self, rules: CampaignRules, t: int, spent: Spend) -> Verdict | None:
+        limits = (rules.lifetime_micros, rules.daily_micros)
+        if limits == (None, None):
+            return None
+        exceeded = spend.exceeded_budget(spent, rules.cost_micros, t, *limits)
+        if exceeded is not None:
+            return Deny("budget_exhausted", exceeded)
+        ours = [r for r in self._pending.values() if r.campaign_id == rules.campaign_id]
+        if not ours:
+            return None
+        day = spend.utc_day(t)
+        pending_lifetime = sum(r.cost for r in ours)
+        pending_daily = sum(r.cost for r in ours if spend.utc_day(r.t) == day)
+        if spend.exceeded_budget(
+            spent, rules.cost_micros, t, *limits, pending_lifetime, pending_daily
+        ):
+            return Wait(frozenset(r.request_id for r in ours))
+        return None
+
+    def reserve(self, reservation: Reservation) -> None:
+        self._pending[reservation.request_id] = reservation
+
+    def end(self, request_id: str) -> Reservation:
+        """Forget a reservation, served or released; the caller commits a served one."""
+        return self._pending.pop(request_id)

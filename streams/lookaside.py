@@ -1,0 +1,216 @@
+"""The Redis lookaside: the worker writes current caps and spend through; edges read them.
+
+Keys (all with a TTL, so Redis never fills up):
+
+    <prefix>adstream:cap:<campaign_id>:<user_id>   -> `CapView`    (TTL: longest window + 1 h)
+    <prefix>adstream:spend:<campaign_id>           -> `SpendView`  (TTL: 2 days)
+
+The worker's writes are pipelined, coalesced and best effort: Redis being slow or down never
+delays or changes a decision. An edge asks `LookasideClient` whether a user is capped or a
+campaign exhausted; on a Redis miss (or Redis down) it asks the worker that owns the campaign
+over its web port (`/adstream/state/<campaign_id>/?user=<user_id>`) and fills Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import httpx
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from streams.metrics import Metrics
+from streams.stages.decide import StateChanges
+from streams.state import frequency, spend
+from streams.state.campaigns import CampaignRules, Cap
+from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
+from streams.state.spend import Spend
+
+log = logging.getLogger(__name__)
+
+SPEND_TTL_S = 2 * 86_400
+RETRY_AFTER_S = 1.0
+"""After a Redis failure, writes pause this long instead of piling up timeouts."""
+
+
+class CapView(msgspec.Struct, frozen=True):
+    """What an edge needs to check a user's caps for a campaign at any event time."""
+
+    times: list[int]
+    horizon: int
+    caps: list[Cap]
+
+
+class SpendView(msgspec.Struct, frozen=True):
+    lifetime: int
+    daily: dict[int, int]
+    oldest_day: int
+    cost: int
+    lifetime_limit: int | None
+    daily_limit: int | None
+
+
+class StateView(msgspec.Struct, frozen=True):
+    """The worker's answer for one campaign (and user), as served on its web port."""
+
+    campaign_id: str
+    known: bool
+    spend: SpendView | None = None
+    cap: CapView | None = None
+
+
+def cap_view(impressions: Impressions, rules: CampaignRules) -> CapView:
+    return CapView(impressions.times, impressions.horizon, list(rules.caps))
+
+
+def spend_view(spent: Spend, rules: CampaignRules) -> SpendView:
+    return SpendView(
+        spent.lifetime,
+        spent.daily,
+        spent.oldest_day,
+        rules.cost_micros,
+        rules.lifetime_micros,
+        rules.daily_micros,
+    )
+
+
+def cap_key(prefix: str, campaign_id: str, user_id: str) -> str:
+    return f"{prefix}adstream:cap:{campaign_id}:{user_id}"
+
+
+def spend_key(prefix: str, campaign_id: str) -> str:
+    return f"{prefix}adstream:spend:{campaign_id}"
+
+
+def cap_ttl_s(caps: list[Cap]) -> int:
+    longest = max((cap.window_ms for cap in caps), default=0)
+    return max(1, math.ceil((longest + ALLOWED_LATENESS_MS) / 1000))
+
+
+class RedisLookaside:
+    """The worker's side: best-effort, pipelined write-through."""
+
+    def __init__(self, url: str, *, prefix: str = "", metrics: Metrics | None = None) -> None:
+        self.client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.prefix = prefix
+        self.metrics = metrics
+        self._queued: dict[str, tuple[bytes, int]] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._paused_until = 0.0
+        self._encoder = msgspec.json.Encoder()
+
+    def write(self, changes: StateChanges) -> None:
+        """Queue the batch's changes; a single background writer sends them."""
+        for key, (impressions, rules) in changes.caps.items():
+            campaign_id, user_id = key.split("\x1f", 1)
+            view = cap_view(impressions, rules)
+            self._queued[cap_key(self.prefix, campaign_id, user_id)] = (
+                self._encoder.encode(view),
+                cap_ttl_s(view.caps),
+            )
+        for campaign_id, (spent, rules) in changes.spend.items():
+            self._queued[spend_key(self.prefix, campaign_id)] = (
+                self._encoder.encode(spend_view(spent, rules)),
+                SPEND_TTL_S,
+            )
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queued:
+            if time.monotonic() < self._paused_until:
+                self._queued.clear()  # later changes rewrite these keys; edges fall back
+                return
+            batch, self._queued = self._queued, {}
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key, (value, ttl) in batch.items():
+                        pipe.set(key, value, ex=ttl)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._paused_until = time.monotonic() + RETRY_AFTER_S
+                if self.metrics is not None:
+                    self.metrics.redis_errors.inc()
+                log.warning("lookaside write of %d keys failed: %s", len(batch), exc)
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=1.0)
+        await self.client.aclose()
+
+
+class LookasideClient:
+    """An edge's side: Redis first, the owning worker on a miss; answers at an event time."""
+
+    def __init__(self, redis_url: str, worker_url: str, *, prefix: str = "") -> None:
+        self.redis = aioredis.Redis.from_url(
+            redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
+        )
+        self.http = httpx.AsyncClient(base_url=worker_url, timeout=2.0)
+        self.prefix = prefix
+        self._decoder = msgspec.json.Decoder(StateView)
+
+    async def is_capped(self, campaign_id: str, user_id: str, at_ms: int) -> bool:
+        """Whether one more ad for this user at event time `at_ms` would break a cap."""
+        raw = await self._redis_get(cap_key(self.prefix, campaign_id, user_id))
+        if raw is not None:
+            view = msgspec.json.decode(raw, type=CapView)
+        else:
+            state = await self._ask_worker(campaign_id, user_id)
+            if state.cap is None:
+                return False
+            view = state.cap
+        impressions = Impressions(list(view.times), view.horizon)
+        if frequency.is_late(impressions, view.caps, at_ms):
+            return True
+        return frequency.blocking_cap(view.times, view.caps, at_ms) is not None
+
+    async def is_exhausted(self, campaign_id: str, at_ms: int) -> bool:
+        """Whether one more impression at event time `at_ms` would exceed a budget."""
+        raw = await self._redis_get(spend_key(self.prefix, campaign_id))
+        if raw is not None:
+            view = msgspec.json.decode(raw, type=SpendView)
+        else:
+            state = await self._ask_worker(campaign_id, None)
+            if state.spend is None:
+                return not state.known
+            view = state.spend
+        spent = Spend(view.lifetime, dict(view.daily), view.oldest_day)
+        return (
+            spend.exceeded_budget(spent, view.cost, at_ms, view.lifetime_limit, view.daily_limit)
+            is not None
+        )
+
+    async def _redis_get(self, key: str) -> bytes | None:
+        try:
+            value = await self.redis.get(key)
+        except (RedisError, OSError):
+            return None
+        return value if isinstance(value, bytes) else None
+
+    async def _ask_worker(self, campaign_id: str, user_id: str | None) -> StateView:
+        params = {"user": user_id} if user_id is not None else {}
+        response = await self.http.get(f"/adstream/state/{campaign_id}/", params=params)
+        response.raise_for_status()
+        state = self._decoder.decode(response.content)
+        encoder = msgspec.json.Encoder()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if state.spend is not None:
+                    pipe.set(spend_key(self.prefix, campaign_id), encoder.encode(state.spend),
+                             ex=SPEND_TTL_S)  # fmt: skip
+                if state.cap is not None and user_id is not None:
+                    pipe.set(cap_key(self.prefix, campaign_id, user_id),
+                             encoder.encode(state.cap), ex=cap_ttl_s(state.cap.caps))  # fmt: skip
+                await pipe.execute()
+        except (RedisError, OSError):
+            pass  # the answer stands; the cache fills another time
+        return state
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        await self.http.aclose()

@@ -1,0 +1,331 @@
+"""Stage 2, on `requests-by-campaign` and `campaigns` (both keyed by campaign_id).
+
+One stream carries both topics, so a campaign update takes effect for exactly the requests
+the stage reads after it. Per batch:
+
+1. in stream order, each request is checked against its campaign's rules, the committed
+   caps and spend, and the reservations still pending (`streams.decide.DecisionBook`);
+   a request that fits reserves its cap slot and cost and its upstream resolution starts;
+2. the resolutions run concurrently; a request that fits only if some pending reservation is
+   released first waits for those to end, then is decided again;
+3. each ended reservation commits (served: caps and spend written, `AdServed` sent) or is
+   released (`AdDenied` with `no_fill` or `upstream_error` and the IAB code).
+
+The outcome is exactly that of deciding the requests one at a time in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+from faust.types import EventT
+
+from models.codec import InvalidEvent, decode, decode_campaign, encode
+from models.context import user_id_of
+from models.events import SCHEMA_VERSION, AdDenied, AdRequest, AdServed, DenialReason
+from models.money import from_micros
+from streams.decide import DecisionBook, Deny, Reservation, Wait
+from streams.faust_patches import event_context
+from streams.metrics import Metrics
+from streams.stages.outputs import Outputs
+from streams.state import frequency, spend
+from streams.state.campaigns import CampaignRules
+from streams.state.expiry import ExpiryIndex
+from streams.state.frequency import Impressions
+from streams.state.spend import Spend
+from streams.tables import CapEntry, Tables, frequency_key
+from streams.topics import Topics
+from streams.vast.result import VastResult
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_FAILURE = 900
+"""IAB's 'undefined error': the resolver itself failed, which must not stop the worker."""
+
+
+class Resolver(Protocol):
+    async def resolve(self, rules: CampaignRules, request: AdRequest) -> VastResult: ...
+
+
+class StateChanges(msgspec.Struct):
+    """What one batch committed, for the Redis lookaside."""
+
+    caps: dict[str, tuple[Impressions, CampaignRules]] = msgspec.field(default_factory=dict)
+    spend: dict[str, tuple[Spend, CampaignRules]] = msgspec.field(default_factory=dict)
+
+
+class Lookaside(Protocol):
+    def write(self, changes: StateChanges) -> None: ...
+
+
+class _Pending(msgspec.Struct):
+    event: Any
+    request: AdRequest
+    rules: CampaignRules
+    task: asyncio.Task[VastResult]
+
+
+class Decider:
+    def __init__(
+        self,
+        outputs: Outputs,
+        tables: Tables,
+        topics: Topics,
+        resolver: Resolver,
+        metrics: Metrics,
+        lookaside: Lookaside | None = None,
+    ) -> None:
+        self.outputs = outputs
+        self.tables = tables
+        self.topics = topics
+        self.resolver = resolver
+        self.metrics = metrics
+        self.lookaside = lookaside
+        self.expiry = ExpiryIndex()
+
+    def rebuild_expiry(self) -> None:
+        """After a restore: index what the frequency table holds, so it ages out."""
+        self.expiry = ExpiryIndex()
+        for key, entry in self.tables.frequency.items():
+            self.expiry.add(entry.partition, key, self._expires_at(key, entry))
+
+    def _expires_at(self, key: str, entry: CapEntry) -> int:
+        rules = self.tables.campaigns.get(key.split("\x1f", 1)[0])
+        longest = rules.longest_window_ms if rules else 0
+        return frequency.expires_at(entry.impressions, longest)
+
+    async def handle(self, events: Sequence[EventT[Any]]) -> None:
+        batch = _Batch(self, time.perf_counter())
+        last_of_partition: dict[int, EventT[Any]] = {}
+        for event in events:
+            last_of_partition[event.message.partition] = event
+            with event_context(event):
+                if event.message.topic == self.topics.campaigns:
+                    await self._update_campaign(event)
+                else:
+                    await batch.decide(event)
+        await batch.finish(list(batch.pending))
+        for partition, event in last_of_partition.items():
+            with event_context(event):
+                self._expire(partition)
+        await self.outputs.delivered()
+        if self.lookaside is not None and (batch.changes.caps or batch.changes.spend):
+            self.lookaside.write(batch.changes)
+
+    def _expire(self, partition: int) -> None:
+        watermark = self.expiry.watermark(partition)
+        for key in self.expiry.due(partition):
+            entry = self.tables.frequency.get(key)
+            if entry is None:
+                continue
+            expires_at = self._expires_at(key, entry)
+            if watermark is not None and expires_at <= watermark:
+                self.tables.frequency.delete(key)
+            else:  # renewed since it was indexed
+                self.expiry.add(partition, key, expires_at)
+
+    async def _update_campaign(self, event: EventT[Any]) -> None:
+        message = event.message
+        key = (message.key or b"").decode(errors="replace")
+        if message.value is None:
+            self.tables.campaigns.delete(key)
+            log.info("campaign %s deleted at offset %d", key, message.offset)
+            return
+        try:
+            campaign = decode_campaign(message.value)
+            if campaign.campaign_id != key:
+                raise InvalidEvent(
+                    "invalid", f"key {key!r} is not the campaign_id {campaign.campaign_id!r}"
+                )
+        except InvalidEvent as exc:
+            self.metrics.dead_letters.labels(reason=exc.reason).inc()
+            log.warning("invalid campaign at offset %d kept out: %s", message.offset, exc)
+            await self.outputs.dead_letter(event, str(exc))
+            return
+        rules = CampaignRules.from_campaign(campaign, version=message.offset)
+        self.tables.campaigns.set(campaign.campaign_id, rules)
+        log.info("campaign %s version %d in force", campaign.campaign_id, message.offset)
+
+    async def deny(
+        self,
+        event: EventT[Any],
+        request: AdRequest,
+        reason: DenialReason,
+        detail: str | None,
+        version: int | None,
+        started: float,
+    ) -> None:
+        context = request.context
+        denied = AdDenied(
+            schema=SCHEMA_VERSION,
+            request_id=context.request_id,
+            correlator=context.correlator,
+            campaign_id=request.campaign_id,
+            placement_id=request.placement_id,
+            user_id=user_id_of(context),
+            timestamp=context.timestamp,
+            reason=reason,
+            detail=detail,
+            campaign_version=version,
+        )
+        await self._emit(event, self.topics.denied, request, encode(denied), started)
+        self.metrics.decisions.labels(outcome="denied", reason=reason).inc()
+        log.debug(
+            "denied %s: %s",
+            reason,
+            detail,
+            extra={"request_id": context.request_id, "correlator": context.correlator},
+        )
+
+    async def serve(
+        self,
+        event: EventT[Any],
+        request: AdRequest,
+        rules: CampaignRules,
+        result: VastResult,
+        started: float,
+    ) -> None:
+        context = request.context
+        served = AdServed(
+            schema=SCHEMA_VERSION,
+            request_id=context.request_id,
+            correlator=context.correlator,
+            campaign_id=request.campaign_id,
+            placement_id=request.placement_id,
+            user_id=user_id_of(context),
+            timestamp=context.timestamp,
+            cost=from_micros(rules.cost_micros),
+            currency=rules.currency,
+            ad=result.ads[0],
+            vast=result.ads[0].vast,
+            chain=result.chain,
+            campaign_version=rules.version,
+        )
+        await self._emit(event, self.topics.served, request, encode(served), started)
+        self.metrics.decisions.labels(outcome="served", reason="").inc()
+
+    async def _emit(
+        self, event: EventT[Any], topic: str, request: AdRequest, value: bytes, started: float
+    ) -> None:
+        await self.outputs.send(
+            event, topic, request.campaign_id.encode(), value, request.context.timestamp
+        )
+        self.metrics.decision_latency.observe(time.perf_counter() - started)
+
+    async def resolve(self, rules: CampaignRules, request: AdRequest) -> VastResult:
+        started = time.perf_counter()
+        try:
+            result = await self.resolver.resolve(rules, request)
+        except Exception:
+            # A resolver bug must cost one ad, not the worker.
+            log.exception("resolver failed", extra={"request_id": request.context.request_id})
+            result = VastResult(status="error", error_code=UPSTREAM_FAILURE, ads=(), chain=())
+        self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        if result.status != "inline":
+            self.metrics.upstream_errors.labels(code=str(result.error_code)).inc()
+        return result
+
+
+class _Batch:
+    """The reservations of one batch and what they changed."""
+
+    def __init__(self, decider: Decider, started: float) -> None:
+        self.decider = decider
+        self.started = started
+        self.book = DecisionBook()
+        self.pending: dict[str, _Pending] = {}
+        self.changes = StateChanges()
+
+    async def decide(self, event: EventT[Any]) -> None:
+        decider = self.decider
+        tables = decider.tables
+        # Stage 1 validated this exact payload; decoding it again is cheaper than shipping
+        # a decoded copy between stages.
+        request = decode(event.message.value or b"", AdRequest)
+        context = request.context
+        user_id = user_id_of(context)
+        t = context.timestamp
+        decider.expiry.observe(event.message.partition, t)
+        rules = tables.campaigns.get(request.campaign_id)
+        while True:
+            entry = None
+            if rules is not None and rules.caps and user_id is not None:
+                entry = tables.frequency.get(frequency_key(rules.campaign_id, user_id))
+            verdict = self.book.evaluate(
+                request_id=context.request_id,
+                user_id=user_id,
+                t=t,
+                rules=rules,
+                impressions=entry.impressions if entry else None,
+                spent=tables.spend.get(request.campaign_id) if rules else None,
+            )
+            if not isinstance(verdict, Wait):
+                break
+            await self.finish(verdict.on)
+        if isinstance(verdict, Deny):
+            version = rules.version if rules else None
+            await decider.deny(
+                event, request, verdict.reason, verdict.detail, version, self.started
+            )
+            return
+        assert rules is not None
+        self.book.reserve(
+            Reservation(
+                request_id=context.request_id,
+                campaign_id=rules.campaign_id,
+                user_id=user_id,
+                t=t,
+                cost=verdict.cost,
+                capped=bool(rules.caps) and user_id is not None,
+            )
+        )
+        task = asyncio.create_task(decider.resolve(rules, request))
+        self.pending[context.request_id] = _Pending(event, request, rules, task)
+
+    async def finish(self, request_ids: Iterable[str]) -> None:
+        """End these reservations: commit the served ones, release the others."""
+        for request_id in list(request_ids):
+            pending = self.pending.pop(request_id)
+            result = await pending.task
+            reservation = self.book.end(request_id)
+            with event_context(pending.event):
+                if result.status == "inline" and result.ads:
+                    self._commit(pending.event, reservation, pending.rules)
+                    await self.decider.serve(
+                        pending.event, pending.request, pending.rules, result, self.started
+                    )
+                else:
+                    reason: DenialReason = (
+                        "no_fill" if result.status == "no_ad" else ("upstream_error")
+                    )
+                    await self.decider.deny(
+                        pending.event,
+                        pending.request,
+                        reason,
+                        str(result.error_code),
+                        pending.rules.version,
+                        self.started,
+                    )
+
+    def _commit(self, event: EventT[Any], reservation: Reservation, rules: CampaignRules) -> None:
+        tables = self.decider.tables
+        if reservation.capped and reservation.user_id is not None:
+            key = frequency_key(rules.campaign_id, reservation.user_id)
+            entry = tables.frequency.get(key) or CapEntry(Impressions(), event.message.partition)
+            frequency.record(entry.impressions, reservation.t, rules.longest_window_ms)
+            tables.frequency.set(key, entry)
+            self.decider.expiry.add(
+                entry.partition,
+                key,
+                frequency.expires_at(entry.impressions, rules.longest_window_ms),
+            )
+            self.changes.caps[key] = (entry.impressions, rules)
+        spent = tables.spend.get(rules.campaign_id) or Spend()
+        spend.charge(spent, reservation.cost, reservation.t)
+        tables.spend.set(rules.campaign_id, spent)
+        self.changes.spend[rules.campaign_id] = (spent, rules)

@@ -1,0 +1,89 @@
+"""Stage 1, on `ad-requests` (keyed by user): validate, drop duplicates, re-key by campaign.
+
+A request that cannot be decoded or breaks the schema goes to the DLQ with its reason. A
+request_id seen before (within `DEDUPE_WINDOW_MS` of event time) is dropped: it was decided
+already, or will be. Everything else is forwarded unchanged, keyed by campaign_id, with its
+event time as the record timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from faust.types import EventT
+
+from models.codec import InvalidEvent, decode_request
+from streams.faust_patches import event_context
+from streams.metrics import Metrics
+from streams.stages.outputs import Outputs
+from streams.state.expiry import ExpiryIndex
+from streams.tables import DEDUPE_WINDOW_MS, SeenRequest, TypedTable
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(
+        self,
+        outputs: Outputs,
+        seen: TypedTable[SeenRequest],
+        by_campaign_topic: str,
+        metrics: Metrics,
+    ) -> None:
+        self.outputs = outputs
+        self.seen = seen
+        self.by_campaign_topic = by_campaign_topic
+        self.metrics = metrics
+        self.expiry = ExpiryIndex()
+
+    def rebuild_expiry(self) -> None:
+        """After a restore: index what the table holds, so it ages out like the rest."""
+        self.expiry = ExpiryIndex()
+        for request_id, entry in self.seen.items():
+            self.expiry.add(entry.partition, request_id, entry.t + DEDUPE_WINDOW_MS)
+
+    async def handle(self, events: Sequence[EventT[Any]]) -> None:
+        last_of_partition: dict[int, EventT[Any]] = {}
+        for event in events:
+            with event_context(event):
+                await self._route(event)
+            last_of_partition[event.message.partition] = event
+        for partition, event in last_of_partition.items():
+            with event_context(event):
+                for request_id in self.expiry.due(partition):
+                    self.seen.delete(request_id)
+        await self.outputs.delivered()
+
+    async def _route(self, event: EventT[Any]) -> None:
+        message = event.message
+        value = message.value or b""  # a null value (tombstone) is undecodable like any other
+        try:
+            request = decode_request(value)
+        except InvalidEvent as exc:
+            self.metrics.dead_letters.labels(reason=exc.reason).inc()
+            log.warning(
+                "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc
+            )
+            await self.outputs.dead_letter(event, str(exc))
+            return
+        context = request.context
+        if context.request_id in self.seen:
+            self.metrics.duplicates.inc()
+            log.info(
+                "duplicate dropped",
+                extra={"request_id": context.request_id, "correlator": context.correlator},
+            )
+            return
+        partition = message.partition
+        self.seen.set(context.request_id, SeenRequest(context.timestamp, partition))
+        self.expiry.add(partition, context.request_id, context.timestamp + DEDUPE_WINDOW_MS)
+        self.expiry.observe(partition, context.timestamp)
+        await self.outputs.send(
+            event,
+            self.by_campaign_topic,
+            request.campaign_id.encode(),
+            value,
+            context.timestamp,
+        )

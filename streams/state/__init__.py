@@ -1,0 +1,7 @@
+"""The worker's state as named concepts, each pure (no I/O) and stored in Faust tables.
+
+- `campaigns`: the rules of each campaign in integer micros, with the offset they came from.
+- `frequency`: per (user, campaign) served-impression times and the sliding-window cap check.
+- `spend`: per campaign lifetime and daily (UTC day of event time) spend.
+- `expiry`: which keys have aged out by event time, so state stays bounded.
+"""

@@ -1,0 +1,48 @@
+"""When table keys age out, by event time, so that state stays bounded.
+
+Faust's own expiring (windowed) tables go by the wall clock and never expire what they
+restored from a changelog (faust-streaming #385, #193). Here each partition keeps a heap of
+(expires_at, key) and a watermark: the newest event time seen in that partition. A key is
+due once the watermark passes its expiry. The heap may hold stale entries for keys that were
+renewed since; whoever deletes checks the stored value's own expiry first.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+
+
+class ExpiryIndex:
+    def __init__(self) -> None:
+        self._heaps: defaultdict[int, list[tuple[int, str]]] = defaultdict(list)
+        self._watermarks: dict[int, int] = {}
+
+    def add(self, partition: int, key: str, expires_at: int) -> None:
+        heapq.heappush(self._heaps[partition], (expires_at, key))
+
+    def observe(self, partition: int, event_time: int) -> None:
+        """Advance the partition's watermark to `event_time` if it is newer."""
+        if event_time > self._watermarks.get(partition, event_time - 1):
+            self._watermarks[partition] = event_time
+
+    def watermark(self, partition: int) -> int | None:
+        return self._watermarks.get(partition)
+
+    def due(self, partition: int, limit: int = 1000) -> list[str]:
+        """Pop up to `limit` keys whose expiry the partition's watermark has passed."""
+        watermark = self._watermarks.get(partition)
+        heap = self._heaps.get(partition)
+        due: list[str] = []
+        while heap and watermark is not None and len(due) < limit and heap[0][0] <= watermark:
+            due.append(heapq.heappop(heap)[1])
+        return due
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what is known of partitions this worker no longer owns."""
+        for partition in partitions:
+            self._heaps.pop(partition, None)
+            self._watermarks.pop(partition, None)
+
+    def __len__(self) -> int:
+        return sum(len(heap) for heap in self._heaps.values())

@@ -1,0 +1,50 @@
+"""Each campaign's VAST upstream, sharing one HTTP transport across the worker."""
+
+from __future__ import annotations
+
+from models.events import AdRequest
+from streams.state.campaigns import CampaignRules
+from streams.vast.result import VastResult
+from streams.vast.retry import RetryPolicy
+from streams.vast.transport import VastTransport
+from streams.vast.upstream import VastUpstream
+
+
+class CampaignUpstreams:
+    """Resolves a request against its campaign's `vast_url` (macros from its context/params)."""
+
+    def __init__(
+        self,
+        transport: VastTransport,
+        *,
+        hop_timeout: float,
+        chain_timeout: float,
+        retry: RetryPolicy,
+    ) -> None:
+        self.transport = transport
+        self.hop_timeout = hop_timeout
+        self.chain_timeout = chain_timeout
+        self.retry = retry
+        self._upstreams: dict[str, tuple[int, VastUpstream]] = {}
+
+    def upstream_for(self, rules: CampaignRules) -> VastUpstream:
+        known = self._upstreams.get(rules.campaign_id)
+        if known is not None and known[0] == rules.version:
+            return known[1]
+        upstream = VastUpstream(
+            rules.vast_url,
+            transport=self.transport,
+            hop_timeout=self.hop_timeout,
+            timeout=self.chain_timeout,
+            retry=self.retry,
+        )
+        self._upstreams[rules.campaign_id] = (rules.version, upstream)
+        return upstream
+
+    async def resolve(self, rules: CampaignRules, request: AdRequest) -> VastResult:
+        return await self.upstream_for(rules).fetch(params=request.params, context=request.context)
+
+    async def aclose(self) -> None:
+        for _, upstream in self._upstreams.values():
+            await upstream.aclose()
+        await self.transport.aclose()

@@ -1,0 +1,68 @@
+"""`adstream worker`: run one decision worker until SIGTERM or SIGINT.
+
+Addresses and tuning come from the environment (`streams.settings`). Several workers with the
+same `ADSTREAM_APP_ID` form one consumer group and share the partitions; state moves between
+them through the tables' changelogs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from streams import logs
+from streams.admin import ensure_topics
+from streams.app import create_worker
+from streams.lookaside import RedisLookaside
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.topics import Topics
+from streams.upstreams import CampaignUpstreams
+from streams.vast.retry import RetryPolicy
+from streams.vast.transport import VastTransport
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings) -> None:
+    """Create missing topics, then run the Faust worker in this process until stopped."""
+    logs.configure(settings.log_level)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    partitions = asyncio.run(
+        ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
+    )
+    upstreams = CampaignUpstreams(
+        VastTransport(),
+        hop_timeout=settings.hop_timeout_s,
+        chain_timeout=settings.chain_timeout_s,
+        retry=RetryPolicy(max_retries=1),
+    )
+    metrics = Metrics()
+    lookaside = (
+        RedisLookaside(settings.redis_url, prefix=settings.topic_prefix, metrics=metrics)
+        if settings.redis_url
+        else None
+    )
+    worker = create_worker(settings, partitions, upstreams, metrics, lookaside)
+    app = worker.app
+
+    @app.on_before_shutdown.connect
+    async def close_clients(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await upstreams.aclose()
+        if lookaside is not None:
+            await lookaside.aclose()
+
+    log.info(
+        "worker %s starting: topics %s, partitions %s, store %s",
+        settings.app_id,
+        topics,
+        partitions,
+        settings.store,
+    )
+    # quiet: Faust's terminal spinner would set the root logger to DEBUG (DESIGN.md).
+    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
