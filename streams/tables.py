@@ -81,7 +81,7 @@ class Tables:
         self, app: faust.App, *, requests_partitions: int, campaign_partitions: int
     ) -> None:
         # Values are msgspec bytes already: Faust stores and ships them as they are.
-        raw: faust.Schema = faust.Schema(
+        raw: faust.Schema[bytes, bytes] = faust.Schema(
             key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
