@@ -2,8 +2,9 @@
 
 A request that cannot be decoded or breaks the schema goes to the DLQ with its reason. A
 request_id seen before (within `DEDUPE_WINDOW_MS` of event time) is dropped: it was decided
-already, or will be. Everything else is forwarded unchanged, keyed by campaign_id, with its
-event time as the record timestamp.
+already, or will be. An event time more than a minute ahead of its record's timestamp is
+refused too: the broker would refuse the decision's record. Everything else is forwarded
+unchanged, keyed by campaign_id, with its event time as the record timestamp.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from streams.state.expiry import ExpiryIndex
 from streams.tables import DEDUPE_WINDOW_MS, SeenRequest, TypedTable
 
 log = logging.getLogger(__name__)
+
+MAX_AHEAD_OF_RECORD_MS = 60_000
+"""How far an event time may run ahead of its record's timestamp (edge clock skew)."""
 
 
 class Router:
@@ -61,6 +65,7 @@ class Router:
         value = message.value or b""  # a null value (tombstone) is undecodable like any other
         try:
             request = decode_request(value)
+            check_event_time(request.context.timestamp, round(message.timestamp * 1000))
         except InvalidEvent as exc:
             self.metrics.dead_letters.labels(reason=exc.reason).inc()
             log.warning(
@@ -81,9 +86,16 @@ class Router:
         self.expiry.add(partition, context.request_id, context.timestamp + DEDUPE_WINDOW_MS)
         self.expiry.observe(partition, context.timestamp)
         await self.outputs.send(
-            event,
-            self.by_campaign_topic,
-            request.campaign_id.encode(),
-            value,
-            context.timestamp,
+            event, self.by_campaign_topic, request.campaign_id.encode(), value, context.timestamp
+        )
+
+
+def check_event_time(event_ms: int, record_ms: int) -> None:
+    """The broker refuses records stamped far in the future, so a decision for an event time
+    far ahead of its record's could never be written: such a request is refused up front."""
+    if event_ms > record_ms + MAX_AHEAD_OF_RECORD_MS:
+        raise InvalidEvent(
+            "invalid",
+            f"context.timestamp {event_ms} is ahead of the record's timestamp {record_ms} "
+            f"by more than {MAX_AHEAD_OF_RECORD_MS} ms",
         )
