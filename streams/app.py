@@ -128,6 +128,16 @@ def create_worker(
             metrics.table_keys.labels(table=name).set(len(table))
         return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
+    @app.page("/adstream/ready/")
+    async def ready_page(web: Any, request: Any) -> Any:
+        """200 once partitions are assigned and tables restored (for probes and tests)."""
+        ready = (
+            not app.rebalancing
+            and bool(app.consumer.assignment())
+            and cast(Any, app.tables).recovery.completed.is_set()
+        )
+        return web.json({"ready": ready}, status=200 if ready else 503)
+
     @app.page("/adstream/state/{campaign_id}/")
     @app.table_route(table=tables.spend.table, match_info="campaign_id")
     async def state_page(web: Any, request: Any, campaign_id: str) -> Any:
@@ -141,7 +151,7 @@ def create_worker(
         if user_id and rules.caps:
             entry = tables.frequency.get(frequency_key(campaign_id, user_id))
             cap = cap_view(entry.impressions if entry else Impressions(), rules)
-        view = StateView(campaign_id, True, spend_view(spent, rules), cap)
+        view = StateView(campaign_id, True, rules.version, spend_view(spent, rules), cap)
         return web.bytes(encode(view), content_type=JSON)
 
     return Worker(app, topics, tables, metrics, router, decider)

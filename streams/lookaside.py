@@ -59,6 +59,8 @@ class StateView(msgspec.Struct, frozen=True):
 
     campaign_id: str
     known: bool
+    version: int | None = None
+    """The `campaigns` offset of the rules in force on the worker."""
     spend: SpendView | None = None
     cap: CapView | None = None
 

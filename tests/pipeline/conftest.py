@@ -1,0 +1,41 @@
+"""One worker (a real process) per test module, on its own topics, with a real VAST upstream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from infra.provision import Services
+from tests.pipeline.harness import Deployment
+from tests.vast.conftest import VastServer, inline, vast, vast_server
+
+__all__ = ["vast_server"]  # the session's HTTP upstream, shared with the resolver's tests
+
+
+@pytest.fixture(scope="module")
+async def deployment(
+    services: Services, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Deployment]:
+    deployed = Deployment(
+        services.kafka_bootstrap_servers, services.redis_url, tmp_path_factory.mktemp("deploy")
+    )
+    await deployed.start()
+    yield deployed
+    await deployed.stop()
+
+
+@pytest.fixture(scope="module")
+def ad_url(vast_server: VastServer) -> str:
+    """An upstream that always fills."""
+    return vast_server.add(vast(inline()), name="ad.xml")
+
+
+@pytest.fixture(scope="module")
+def no_ad_url(vast_server: VastServer) -> str:
+    return vast_server.add(vast(), name="empty.xml")
+
+
+@pytest.fixture(scope="module")
+def broken_url(vast_server: VastServer) -> str:
+    return vast_server.add("upstream down", status=503, name="broken.xml")
