@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +50,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Part
             # Another worker of the group may have created them first.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-        counts = await _partition_counts(admin, [topics.requests, topics.by_campaign])
+        counts = await _created(admin, [topics.requests, topics.by_campaign])
         if counts[topics.by_campaign] != campaign_partitions:
             raise RuntimeError(
                 f"{topics.by_campaign} has {counts[topics.by_campaign]} partitions but "
@@ -57,6 +59,20 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Part
         return Partitions(requests=counts[topics.requests], campaigns=campaign_partitions)
     finally:
         await admin.close()
+
+
+async def _created(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Partition counts of `names`, once the cluster's metadata shows every one of them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = await _partition_counts(admin, names)
+        if all(name in counts for name in names):
+            return counts
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {names} not visible {timeout_s:.0f} s after creation")
+        await asyncio.sleep(0.1)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:

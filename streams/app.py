@@ -19,7 +19,7 @@ from typing import Any, cast
 import faust
 import msgspec
 from faust.types import EventT, StreamT
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from models.codec import encode
 from streams.faust_patches import CommitBarrier, TransactionalSender, set_fetch_wait
@@ -35,6 +35,8 @@ from streams.tables import Tables, frequency_key
 from streams.topics import Topics
 
 JSON = "application/json"
+# aiohttp takes the charset separately, so Prometheus' own constant (which names it) won't do.
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 class Partitions(msgspec.Struct, frozen=True):
@@ -126,7 +128,7 @@ def create_worker(
     async def metrics_page(web: Any, request: Any) -> Any:
         for name, table in (("seen", tables.seen), ("frequency", tables.frequency)):
             metrics.table_keys.labels(table=name).set(len(table))
-        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
     @app.page("/adstream/ready/")
     async def ready_page(web: Any, request: Any) -> Any:

@@ -1,0 +1,88 @@
+"""Bad input never stops the worker and is never lost: each kind lands in the DLQ, whole,
+with its reason, and the worker goes on deciding."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import msgspec
+
+from models.codec import encode
+from tests.pipeline.harness import BASE_MS, DAY_MS, Deployment, campaign, request
+
+
+async def test_each_kind_of_bad_request_is_dead_lettered(
+    deployment: Deployment, ad_url: str
+) -> None:
+    rules = campaign(ad_url)
+    await deployment.load(rules)
+    good = request(rules.campaign_id, BASE_MS + 12 * DAY_MS, "dlq-user")
+    valid = msgspec.json.decode(encode(good))
+    ill_typed = {**valid, "context": {**valid["context"], "timestamp": "yesterday"}}
+    missing = {key: value for key, value in valid.items() if key != "campaign_id"}
+    future_schema = {**valid, "schema": 2, "context": {"v2": True}}
+    far_past = {**valid, "context": {**valid["context"], "timestamp": 86_400_000}}
+    huge_cookies = {
+        **valid,
+        "context": {**valid["context"], "cookies": {"user_id": "x", "big": "y" * 10_000}},
+    }
+    bad: list[tuple[bytes | None, str]] = [
+        (b"\x00\xff not json", "undecodable"),
+        (b'{"schema": 1, "context": {"timestamp": 1', "undecodable"),
+        (msgspec.json.encode(ill_typed), "invalid"),
+        (msgspec.json.encode(missing), "invalid"),
+        (msgspec.json.encode(future_schema), "schema_version"),
+        (msgspec.json.encode(far_past), "invalid"),
+        (msgspec.json.encode(huge_cookies), "invalid"),
+        (b"[" * 70_000, "oversize"),
+        (None, "undecodable"),
+    ]
+    before = len(deployment.dead_letters)
+    for value, _ in bad:
+        await deployment.publish_raw(value, key=b"bad-key")
+    # The worker goes on: a good request after all of that is decided.
+    (decision,) = await deployment.decided(await deployment.publish(good))
+    assert decision.topic == "served"
+    letters = (await deployment.dead_lettered(before + len(bad)))[before:]
+    assert [letter.payload["error"].split(":")[0] for letter in letters] == [r for _, r in bad]
+    for letter, (value, _) in zip(letters, bad, strict=True):
+        kept = letter.payload["value"]
+        assert (None if kept is None else base64.b64decode(kept)) == value
+        assert base64.b64decode(letter.payload["key"]) == b"bad-key"
+        assert letter.payload["topic"] == deployment.topics.requests
+        assert letter.payload["offset"] >= 0
+
+
+async def test_invalid_campaign_changes_nothing_and_is_dead_lettered(
+    deployment: Deployment, ad_url: str
+) -> None:
+    rules = campaign(ad_url, cpm="2.50")
+    (version,) = await deployment.load(rules)
+    before = len(deployment.dead_letters)
+    broken = {**msgspec.to_builtins(rules), "cpm": "2.5005"}  # 4 places: not whole micros
+    await deployment._producer.send_and_wait(
+        deployment.topics.campaigns,
+        msgspec.json.encode(broken),
+        key=rules.campaign_id.encode(),
+    )
+    letters = await deployment.dead_lettered(before + 1)
+    assert "more than 3 decimal places" in letters[-1].payload["error"]
+    assert letters[-1].payload["topic"] == deployment.topics.campaigns
+    (decision,) = await deployment.decided(
+        await deployment.publish(request(rules.campaign_id, BASE_MS + 12 * DAY_MS, "c-user"))
+    )
+    assert decision.topic == "served"
+    assert decision.payload["campaign_version"] == version
+    assert decision.payload["cost"] == "0.0025"
+
+
+async def test_metrics_count_decisions_and_dead_letters(deployment: Deployment) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(deployment.workers[0].url("/metrics"))
+    text = response.text
+    assert response.status_code == 200
+    assert 'adstream_decisions_total{outcome="served",reason=""}' in text
+    assert 'adstream_dead_letters_total{reason="undecodable"}' in text
+    assert "adstream_decision_latency_seconds_bucket" in text
+    assert 'adstream_table_keys{table="seen"}' in text
