@@ -7,15 +7,25 @@ No I/O here; `streams.vast.upstream` fetches and calls these.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
 from streams.macros import Macros
-from streams.vast.document import Ad, Creative, CreativeKind, Document, Tracking, Wrapper
+from streams.vast.document import (
+    Ad,
+    Creative,
+    CreativeKind,
+    Document,
+    MediaFile,
+    Tracking,
+    Wrapper,
+)
 from streams.vast.errors import NoAdError, WrapperError
 from streams.vast.result import ResolvedAd
+
+_HasUrl = TypeVar("_HasUrl", MediaFile, Tracking)
 
 
 class Rules(msgspec.Struct, frozen=True):
@@ -141,11 +151,15 @@ def _merge(
         click_through = click_through or extra.click_through
     return msgspec.structs.replace(
         creative,
-        media_files=tuple(
-            msgspec.structs.replace(media, url=expand(media.url)) for media in creative.media_files
-        ),
-        tracking=tuple(msgspec.structs.replace(event, url=expand(event.url)) for event in tracking),
+        media_files=tuple(_with_url(media, expand) for media in creative.media_files),
+        tracking=tuple(_with_url(event, expand) for event in tracking),
         click_through=None if click_through is None else expand(click_through),
         click_tracking=tuple(expand(url) for url in click_tracking),
         custom_clicks=tuple(expand(url) for url in custom_clicks),
     )
+
+
+def _with_url(item: _HasUrl, expand: Callable[[str], str]) -> _HasUrl:
+    url = expand(item.url)
+    # Most URLs hold no macro, and expand() then returns the very same string: no copy.
+    return item if url is item.url else msgspec.structs.replace(item, url=url)
