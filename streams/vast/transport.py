@@ -80,10 +80,9 @@ class VastTransport:
         self.max_redirects = max_redirects
         self._policy = AddressPolicy(allowed_networks) if block_private_addresses else None
         self._resolver: GuardedResolver | None = None
-        self._limits = httpx.Limits(
-            max_connections=max_connections, keepalive_expiry=keepalive_expiry
-        )
-        self._transport = AiohttpTransport(client=self._open_session, limits=self._limits)
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._transport = AiohttpTransport(client=self._open_session)
         self.client = httpx.AsyncClient(
             transport=self._transport,
             headers={
@@ -104,8 +103,8 @@ class VastTransport:
         if self._policy is not None:
             self._resolver = GuardedResolver(self._policy)
         connector = aiohttp.TCPConnector(
-            limit=self._limits.max_connections or 0,
-            keepalive_timeout=self._limits.keepalive_expiry,
+            limit=self._max_connections,
+            keepalive_timeout=self._keepalive_expiry,
             resolver=self._resolver,  # None: aiohttp's default
         )
         return aiohttp.ClientSession(
