@@ -1,0 +1,464 @@
+"""The decision pipeline, end to end: the aiokafka limit, the Faust peer and adstream's worker.
+
+Measured for each contender, in one run and on one broker, with a one-hop VAST upstream (an
+aiohttp server in its own process serving a ~2 KB InLine document on loopback):
+- decisions/s of one worker process: N requests (--requests) are published first, then the
+  contender starts on fresh topics; the rate is taken over the steady window, from the first
+  commit that made decisions visible to the last but one (`_harness.steady_window` says why);
+- CPU us per decision: user + system time of the contender's processes (/proc) over that window;
+- end-to-end latency p50/p99 at a fixed offered load (--rate requests/s for --seconds): from the
+  moment a request is sent to the moment a read_committed consumer reads its decision, plus the
+  CPU per decision at that load.
+Every request must get exactly one decision: missing and duplicate decisions are counted.
+
+Contenders (see `contenders()`): (a) `limit`, a bare transactional aiokafka + aiohttp loop
+(bench/_limit.py); (b) `peer`, one Faust agent per stage with Faust's defaults and httpx
+(bench/_peer.py); (c) `adstream`, `python -m streams.cli worker`, once streams/worker.py exists.
+
+Run:  .venv/bin/python -m bench.pipeline [--requests 20000] [--rate 1000] [--seconds 10]
+          [--partitions 4] [--only a,b,c] [--output bench/results/pipeline.json]
+Kafka and Redis come from KAFKA_BOOTSTRAP_SERVERS / REDIS_URL, or are started locally
+(infra.provision). Prints a table and writes bench/results/pipeline.json; contender logs stay in
+a temporary folder whose path is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from bench._contract import (
+    CAMPAIGNS,
+    DENIED,
+    PEER_BY_CAMPAIGN,
+    PREFIX_ENV,
+    REQUESTS,
+    SERVED,
+    VAST_URL_ENV,
+)
+from bench._harness import (
+    DecisionReader,
+    MeasuredProcess,
+    ProcessDied,
+    RequestSource,
+    create_topics,
+    percentile,
+    steady_window,
+)
+from bench._upstream import VAST_PATH
+from infra.process import free_port, port_open
+from infra.provision import Services, provide_services
+from models.codec import encode
+from models.events import SCHEMA_VERSION, Campaign
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "pipeline.json"
+VAST_SAMPLE = REPO.parent / "shared" / "reference" / "vast-client-js-samples" / "inline-linear.xml"
+ADSTREAM_WORKER = REPO / "streams" / "worker.py"
+
+CAMPAIGN_IDS = tuple(f"campaign-{i}" for i in range(8))
+USERS = 10_000
+# Faust needs several seconds to join its group and make its first commit; adstream may also
+# restore tables first.
+STARTUP_TIMEOUT_S = 120.0
+STALL_TIMEOUT_S = 30.0
+STOP_GRACE_S = 10.0
+
+LETTERS = {"a": "limit", "b": "peer", "c": "adstream"}
+RATIO_PAIRS = (("peer", "limit"), ("adstream", "limit"), ("adstream", "peer"))
+RATIO_METRICS = (
+    ("throughput", "decisions_per_s"),
+    ("throughput", "cpu_us_per_decision"),
+    ("latency", "p50_ms"),
+    ("latency", "p99_ms"),
+)
+
+
+class Contender(msgspec.Struct, frozen=True):
+    """How to start one contender, and its topics as suffixes of the run's topic prefix.
+
+    The harness starts `argv` with `env` plus KAFKA_BOOTSTRAP_SERVERS, REDIS_URL and
+    ADSTREAM_TOPIC_PREFIX, in a scratch working directory; `{prefix}`, `{scratch}` and
+    `{partitions}` in the values of `env` become this run's. Before the start it creates every
+    topic in `reads` and `writes` (so all have the run's partition count), publishes the
+    campaigns when `campaigns` is among `reads`, and reads decisions from `decisions`.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = {}
+    reads: tuple[str, ...] = (REQUESTS,)
+    writes: tuple[str, ...] = (SERVED, DENIED)
+    decisions: tuple[str, ...] = (SERVED, DENIED)
+
+
+def contenders(vast_url: str) -> list[Contender]:
+    """Every contender this checkout has, in report order: the plug-in point for adstream."""
+    stand_in = {VAST_URL_ENV: vast_url}
+    found = [
+        Contender("limit", (sys.executable, "-m", "bench._limit"), stand_in),
+        Contender(
+            "peer",
+            (
+                *(sys.executable, "-m", "bench._peer", "worker", "-l", "info"),
+                *("--web-port", str(free_port())),
+            ),
+            stand_in,
+            reads=(REQUESTS, PEER_BY_CAMPAIGN),
+            writes=(PEER_BY_CAMPAIGN, SERVED, DENIED),
+        ),
+    ]
+    if ADSTREAM_WORKER.exists():
+        found.append(
+            Contender(
+                "adstream",
+                (sys.executable, "-m", "streams.cli", "worker"),
+                {
+                    "ADSTREAM_WEB_PORT": str(free_port()),
+                    # Its consumer group, internal topics and state are this run's alone.
+                    "ADSTREAM_APP_ID": "{prefix}adstream",
+                    "ADSTREAM_DATA_DIR": "{scratch}",
+                    "ADSTREAM_PARTITIONS": "{partitions}",
+                },
+                reads=(REQUESTS, CAMPAIGNS),
+                writes=(SERVED, DENIED, f"{REQUESTS}-dlq"),
+            )
+        )
+    return found
+
+
+class Options(msgspec.Struct, frozen=True):
+    requests: int
+    rate: float
+    seconds: float
+    partitions: int
+    only: tuple[str, ...]
+    output: Path
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="throughput phase size")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="latency phase requests/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="latency phase length")
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
+    parser.add_argument(
+        "--only", default="a,b,c", help="contenders by letter or name, e.g. a,b or limit"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    only = tuple(LETTERS.get(item.strip(), item.strip()) for item in args.only.split(","))
+    unknown = set(only) - set(LETTERS.values())
+    if unknown:
+        parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
+    return Options(args.requests, args.rate, args.seconds, args.partitions, only, args.output)
+
+
+async def start_upstream(work_dir: Path) -> tuple[MeasuredProcess, str]:
+    port = free_port()
+    upstream = MeasuredProcess(
+        "upstream",
+        (sys.executable, "-m", "bench._upstream", "--port", str(port), "--file", str(VAST_SAMPLE)),
+        {**os.environ, "PYTHONPATH": pythonpath()},
+        work_dir,
+        work_dir / "upstream.log",
+    )
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(port_open, port):
+        upstream.check_alive()
+        if time.monotonic() > deadline:
+            raise ProcessDied(f"the VAST upstream did not listen within 30 s ({upstream.log})")
+        await asyncio.sleep(0.1)
+    return upstream, f"http://127.0.0.1:{port}{VAST_PATH}"
+
+
+def pythonpath() -> str:
+    return os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+
+
+async def publish_campaigns(producer: Any, topic: str, vast_url: str) -> None:
+    for campaign_id in CAMPAIGN_IDS:
+        campaign = Campaign(
+            schema=SCHEMA_VERSION,
+            campaign_id=campaign_id,
+            active=True,
+            vast_url=vast_url,
+            cpm="2.50",
+            currency="USD",
+            anonymous_policy="uncapped",
+        )
+        await producer.send_and_wait(topic, encode(campaign), key=campaign_id.encode())
+
+
+async def wait_for_decisions(
+    reader: DecisionReader, process: MeasuredProcess, count: int, first_timeout_s: float
+) -> None:
+    """Until `count` expected decisions are visible, the contender dies, or progress stalls."""
+    last_matched, last_progress = reader.matched, time.perf_counter()
+    while reader.matched < count:
+        await asyncio.sleep(0.02)
+        process.check_alive()
+        reader.check_alive()
+        now = time.perf_counter()
+        if reader.matched != last_matched:
+            last_matched, last_progress = reader.matched, now
+        elif now - last_progress > (STALL_TIMEOUT_S if last_matched else first_timeout_s):
+            return
+
+
+def throughput_result(
+    reader: DecisionReader, process: MeasuredProcess, request_ids: Sequence[str], dups: int
+) -> dict[str, Any]:
+    times = sorted(reader.seen[r] for r in request_ids if r in reader.seen)
+    result: dict[str, Any] = {
+        "requests": len(request_ids),
+        "decisions": len(times),
+        "missing": len(request_ids) - len(times),
+        "duplicates": reader.duplicates - dups,
+        "decisions_per_s": None,
+        "cpu_us_per_decision": None,
+    }
+    if not times:
+        return result
+    result["startup_s"] = times[0] - process.started
+    result["wall_s"] = times[-1] - process.started
+    window = steady_window(times)
+    if window is None:
+        # Too small a run for a steady window: count from the start, start-up included.
+        start, end, decided = process.started, times[-1], len(times)
+    else:
+        start, end, decided = window
+    result["window_s"] = end - start
+    result["window_decisions"] = decided
+    result["decisions_per_s"] = decided / (end - start)
+    result["cpu_us_per_decision"] = (process.cpu_at(end) - process.cpu_at(start)) / decided * 1e6
+    return result
+
+
+def latency_result(
+    reader: DecisionReader,
+    process: MeasuredProcess,
+    sent_at: dict[str, float],
+    published_s: float,
+    dups: int,
+) -> dict[str, Any]:
+    seen = {r: reader.seen[r] for r in sent_at if r in reader.seen}
+    latencies_ms = sorted((seen[r] - sent_at[r]) * 1000 for r in seen)
+    result: dict[str, Any] = {
+        "requests": len(sent_at),
+        "offered_per_s": len(sent_at) / published_s,
+        "decisions": len(seen),
+        "missing": len(sent_at) - len(seen),
+        "duplicates": reader.duplicates - dups,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
+    if latencies_ms:
+        start, end = min(sent_at.values()), max(seen.values())
+        result["p50_ms"] = percentile(latencies_ms, 50)
+        result["p99_ms"] = percentile(latencies_ms, 99)
+        result["max_ms"] = latencies_ms[-1]
+        result["cpu_us_per_decision"] = (
+            (process.cpu_at(end) - process.cpu_at(start)) / len(seen) * 1e6
+        )
+    return result
+
+
+async def run_contender(
+    contender: Contender, options: Options, services: Services, vast_url: str, work_dir: Path
+) -> dict[str, Any]:
+    """Both phases for one contender, on topics no other run uses."""
+    bootstrap = services.kafka_bootstrap_servers
+    prefix = f"bench-{contender.name}-{uuid.uuid4().hex[:8]}-"
+    topics = dict.fromkeys(contender.reads + contender.writes, options.partitions)
+    await create_topics(
+        bootstrap, {prefix + suffix: n for suffix, n in topics.items()}, prefix + CAMPAIGNS
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    reader = DecisionReader(bootstrap, [prefix + suffix for suffix in contender.decisions])
+    await producer.start()
+    await reader.start()
+    process: MeasuredProcess | None = None
+    result: dict[str, Any] = {"topic_prefix": prefix}
+    try:
+        if CAMPAIGNS in contender.reads:
+            await publish_campaigns(producer, prefix + CAMPAIGNS, vast_url)
+        source = RequestSource(producer, prefix + REQUESTS, CAMPAIGN_IDS, USERS)
+        print(f"{contender.name}: publishing {options.requests} requests", flush=True)
+        request_ids = await source.publish(options.requests)
+        reader.expect(frozenset(request_ids))
+        dups = reader.duplicates
+        scratch = work_dir / contender.name
+        scratch.mkdir()
+        env = {
+            **os.environ,
+            **{
+                name: value.format(prefix=prefix, scratch=scratch, partitions=options.partitions)
+                for name, value in contender.env.items()
+            },
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "REDIS_URL": services.redis_url,
+            PREFIX_ENV: prefix,
+            "PYTHONPATH": pythonpath(),
+        }
+        process = MeasuredProcess(
+            contender.name, contender.argv, env, scratch, work_dir / f"{contender.name}.log"
+        )
+        print(f"{contender.name}: started, waiting for {options.requests} decisions", flush=True)
+        await wait_for_decisions(reader, process, len(request_ids), STARTUP_TIMEOUT_S)
+        result["throughput"] = throughput_result(reader, process, request_ids, dups)
+
+        print(
+            f"{contender.name}: {options.rate:g} requests/s for {options.seconds:g} s", flush=True
+        )
+        sent_at: dict[str, float] = {}
+        reader.expect(sent_at)
+        dups = reader.duplicates
+        started = time.perf_counter()
+        await source.publish_at_rate(options.rate, options.seconds, sent_at)
+        published_s = time.perf_counter() - started
+        await wait_for_decisions(reader, process, len(sent_at), STALL_TIMEOUT_S)
+        result["latency"] = latency_result(reader, process, sent_at, published_s, dups)
+    finally:
+        if process is not None:
+            result["stopped_by"] = await process.stop(STOP_GRACE_S)
+        await reader.stop()
+        await producer.stop()
+    return result
+
+
+async def run_all(options: Options, services: Services, work_dir: Path) -> dict[str, Any]:
+    upstream, vast_url = await start_upstream(work_dir)
+    try:
+        available = {contender.name: contender for contender in contenders(vast_url)}
+        report: dict[str, Any] = {
+            "config": {
+                "requests": options.requests,
+                "rate": options.rate,
+                "seconds": options.seconds,
+                "partitions": options.partitions,
+                "cpus": os.cpu_count(),
+                "kafka": services.kafka_source,
+                "vast_bytes": VAST_SAMPLE.stat().st_size,
+            },
+            "contenders": {},
+            "skipped": {},
+        }
+        for name in options.only:
+            if name not in available:
+                note = f"{ADSTREAM_WORKER.relative_to(REPO)} does not exist yet"
+                print(f"{name}: skipped, {note}", flush=True)
+                report["skipped"][name] = note
+                continue
+            try:
+                report["contenders"][name] = await run_contender(
+                    available[name], options, services, vast_url, work_dir
+                )
+            except ProcessDied as exc:
+                print(f"{name}: FAILED: {exc}", flush=True)
+                report["contenders"][name] = {"error": str(exc)}
+        report["ratios"] = ratios(report["contenders"])
+        return report
+    finally:
+        await upstream.stop(STOP_GRACE_S)
+
+
+def metric(result: dict[str, Any], phase: str, name: str) -> float | None:
+    value = result.get(phase, {}).get(name)
+    return value if isinstance(value, float) else None
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """`x/y` for each pair of contenders that both ran, metric by metric."""
+    found: dict[str, dict[str, float]] = {}
+    for top, bottom in RATIO_PAIRS:
+        if top in results and bottom in results:
+            pair: dict[str, float] = {}
+            for phase, name in RATIO_METRICS:
+                x, y = metric(results[top], phase, name), metric(results[bottom], phase, name)
+                if x is not None and y:
+                    pair[name] = x / y
+            found[f"{top}/{bottom}"] = pair
+    return found
+
+
+def print_table(report: dict[str, Any]) -> None:
+    width = 14
+
+    def cell(value: float | None, digits: int) -> str:
+        return f"{value:>{width},.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+    columns = ("decisions/s", "CPU us/dec", "p50 ms", "p99 ms", "CPU us/dec@r", "missing", "dups")
+    print(f"\n{'':<16}" + "".join(f"{column:>{width}}" for column in columns))
+    for name, result in report["contenders"].items():
+        if "error" in result:
+            print(f"{name:<16}failed (see above)")
+            continue
+        throughput, latency = result["throughput"], result["latency"]
+        print(
+            f"{name:<16}"
+            + cell(metric(result, "throughput", "decisions_per_s"), 0)
+            + cell(metric(result, "throughput", "cpu_us_per_decision"), 0)
+            + cell(metric(result, "latency", "p50_ms"), 1)
+            + cell(metric(result, "latency", "p99_ms"), 1)
+            + cell(metric(result, "latency", "cpu_us_per_decision"), 0)
+            + f"{throughput['missing'] + latency['missing']:>{width}}"
+            + f"{throughput['duplicates'] + latency['duplicates']:>{width}}"
+        )
+    for pair, values in report["ratios"].items():
+        print(
+            f"{pair:<16}"
+            + "".join(
+                f"{values[name]:>{width - 1}.2f}x" if name in values else f"{'-':>{width}}"
+                for _, name in RATIO_METRICS
+            )
+        )
+    rate = report["config"]["rate"]
+    for name, result in report["contenders"].items():
+        decided = metric(result, "throughput", "decisions_per_s")
+        if decided is not None and decided < rate:
+            print(
+                f"note: {name} decides fewer than {rate:g} requests/s, so its latency at that "
+                "load is mostly queueing"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when every contender that ran decided every request exactly once."""
+    options = parse_args(argv)
+    # Fresh topics answer NotLeader for a moment after their creation: aiokafka retries and
+    # logs each retry, even as an error. What matters is checked anyway: every decision, once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    work_dir = Path(tempfile.mkdtemp(prefix="adstream-pipeline-"))
+    with provide_services() as services:
+        report = asyncio.run(run_all(options, services, work_dir))
+    print_table(report)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nsaved to {options.output}; contender logs in {work_dir}")
+    exact = all(
+        "error" not in result
+        and all(
+            result[phase]["missing"] == 0 and result[phase]["duplicates"] == 0
+            for phase in ("throughput", "latency")
+        )
+        for result in report["contenders"].values()
+    )
+    return 0 if exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
