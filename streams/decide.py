@@ -102,8 +102,14 @@ class DecisionBook:
             if r.capped and r.campaign_id == rules.campaign_id and r.user_id == user_id
         ]
         if mine:
-            with_pending = sorted([*impressions.times, *(r.t for r in mine)])
-            if frequency.blocking_cap(with_pending, rules.caps, t) is not None:
+            # As if every pending one were served: their later times may also push the horizon
+            # past t's windows, which one-at-a-time decisions would refuse as late.
+            with_pending = Impressions(list(impressions.times), impressions.horizon)
+            for r in mine:
+                frequency.record(with_pending, r.t, rules.longest_window_ms)
+            if frequency.is_late(with_pending, rules.caps, t) or (
+                frequency.blocking_cap(with_pending.times, rules.caps, t) is not None
+            ):
                 return Wait(frozenset(r.request_id for r in mine))
         return None
 
@@ -117,12 +123,11 @@ class DecisionBook:
         ours = [r for r in self._pending.values() if r.campaign_id == rules.campaign_id]
         if not ours:
             return None
-        day = spend.utc_day(t)
-        pending_lifetime = sum(r.cost for r in ours)
-        pending_daily = sum(r.cost for r in ours if spend.utc_day(r.t) == day)
-        if spend.exceeded_budget(
-            spent, rules.cost_micros, t, *limits, pending_lifetime, pending_daily
-        ):
+        # As if every pending one were served: a later day among them also drops old days.
+        with_pending = Spend(spent.lifetime, dict(spent.daily), spent.oldest_day)
+        for r in ours:
+            spend.charge(with_pending, r.cost, r.t)
+        if spend.exceeded_budget(with_pending, rules.cost_micros, t, *limits):
             return Wait(frozenset(r.request_id for r in ours))
         return None
 

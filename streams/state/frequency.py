@@ -64,8 +64,10 @@ def record(impressions: Impressions, t: int, longest_window_ms: int) -> None:
     drop_through = impressions.times[-1] - longest_window_ms - ALLOWED_LATENESS_MS
     cut = bisect_right(impressions.times, drop_through)
     if cut:
+        # The newest time dropped, not `drop_through`: that depends on the order impressions
+        # are recorded in (a worker records them as their upstream calls end).
+        impressions.horizon = max(impressions.horizon, impressions.times[cut - 1])
         del impressions.times[:cut]
-        impressions.horizon = max(impressions.horizon, drop_through)
 
 
 def expires_at(impressions: Impressions, longest_window_ms: int) -> int:

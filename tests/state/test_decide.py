@@ -1,0 +1,703 @@
+"""`streams.decide`: the decision rules, and the pending-reservation book the worker relies on."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, target
+from hypothesis import strategies as st
+
+from models.events import Budget, Campaign, FrequencyCap
+from streams.decide import DecisionBook, Deny, Reservation, Reserve, Verdict, Wait
+from streams.state import frequency, spend
+from streams.state.campaigns import CampaignRules, Cap
+from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
+from streams.state.spend import MS_PER_DAY, Spend
+
+MIDNIGHT = int(datetime(2024, 3, 10, tzinfo=UTC).timestamp() * 1000)
+T0 = MIDNIGHT + 12 * 3_600_000
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+
+
+def make_rules(
+    *,
+    campaign_id: str = "c-1",
+    active: bool = True,
+    cpm: str = "2.50",
+    lifetime: str | None = None,
+    daily: str | None = None,
+    caps: Sequence[tuple[int, int]] = ((3, 3600),),
+    anonymous_policy: str = "deny",
+    version: int = 7,
+) -> CampaignRules:
+    campaign = Campaign(
+        schema=1,
+        campaign_id=campaign_id,
+        active=active,
+        vast_url="https://ads.example.com/vast",
+        cpm=cpm,
+        currency="EUR",
+        budget=Budget(lifetime=lifetime, daily=daily),
+        frequency_caps=tuple(FrequencyCap(max=m, window_s=w) for m, w in caps),
+        anonymous_policy=anonymous_policy,  # type: ignore[arg-type]
+    )
+    return CampaignRules.from_campaign(campaign, version)
+
+
+def evaluate(
+    book: DecisionBook,
+    rules: CampaignRules | None,
+    *,
+    user_id: str | None = "u-1",
+    t: int = T0,
+    impressions: Impressions | None = None,
+    spent: Spend | None = None,
+    request_id: str = "req-x",
+) -> Verdict:
+    return book.evaluate(
+        request_id=request_id,
+        user_id=user_id,
+        t=t,
+        rules=rules,
+        impressions=impressions,
+        spent=spent,
+    )
+
+
+def reservation(
+    request_id: str,
+    *,
+    rules: CampaignRules,
+    user_id: str | None = "u-1",
+    t: int = T0,
+    capped: bool | None = None,
+) -> Reservation:
+    return Reservation(
+        request_id=request_id,
+        campaign_id=rules.campaign_id,
+        user_id=user_id,
+        t=t,
+        cost=rules.cost_micros,
+        capped=bool(rules.caps) and user_id is not None if capped is None else capped,
+    )
+
+
+# -- campaign rules ----------------------------------------------------------------------------
+
+
+def test_rules_from_a_campaign() -> None:
+    rules = make_rules(
+        cpm="2.50",
+        lifetime="100",
+        daily="10.000001",
+        caps=((3, 3600), (1, 60)),
+        anonymous_policy="uncapped",
+        version=42,
+    )
+    assert rules.cost_micros == 2_500
+    assert rules.lifetime_micros == 100_000_000
+    assert rules.daily_micros == 10_000_001
+    assert rules.caps == (Cap(3, 3_600_000), Cap(1, 60_000))
+    assert rules.longest_window_ms == 3_600_000
+    assert rules.anonymous_allowed
+    assert rules.version == 42
+    assert [cap.label for cap in rules.caps] == ["3/3600s", "1/60s"]
+    plain = make_rules(caps=(), cpm="0.001")
+    assert plain.cost_micros == 1
+    assert (plain.lifetime_micros, plain.daily_micros) == (None, None)
+    assert plain.longest_window_ms == 0
+    assert not plain.anonymous_allowed
+
+
+# -- each reason -------------------------------------------------------------------------------
+
+
+def test_unknown_campaign() -> None:
+    assert evaluate(DecisionBook(), None) == Deny("campaign_unknown")
+
+
+def test_inactive_campaign_comes_before_anything_else() -> None:
+    rules = make_rules(active=False, lifetime="0")
+    assert evaluate(DecisionBook(), rules, user_id=None) == Deny("campaign_inactive")
+
+
+def test_anonymous_users_on_a_capped_campaign() -> None:
+    book = DecisionBook()
+    assert evaluate(book, make_rules(anonymous_policy="deny"), user_id=None) == Deny("anonymous")
+    uncapped = make_rules(anonymous_policy="uncapped")
+    assert evaluate(book, uncapped, user_id=None) == Reserve(2_500)
+
+
+def test_anonymous_users_on_a_campaign_without_caps_are_served() -> None:
+    rules = make_rules(caps=(), anonymous_policy="deny")
+    assert evaluate(DecisionBook(), rules, user_id=None) == Reserve(2_500)
+
+
+def test_anonymous_uncapped_users_are_never_capped_but_still_budgeted() -> None:
+    rules = make_rules(caps=((1, 3600),), anonymous_policy="uncapped", lifetime="0.005")
+    book = DecisionBook()
+    full = Impressions(times=[T0])
+    assert evaluate(book, rules, user_id=None, impressions=full) == Reserve(2_500)
+    assert evaluate(book, rules, user_id=None, spent=Spend(lifetime=2_501)) == Deny(
+        "budget_exhausted", "lifetime"
+    )
+    # An anonymous reservation holds no cap slot: a known user's cap does not wait on it.
+    book.reserve(reservation("anon", rules=rules, user_id=None))
+    assert evaluate(book, rules, user_id="u-1") == Reserve(2_500)
+
+
+def test_frequency_cap_names_the_cap() -> None:
+    rules = make_rules(caps=((5, 86_400), (2, 3600)))
+    impressions = Impressions(times=[T0 - 2 * MINUTE, T0 - MINUTE])
+    verdict = evaluate(DecisionBook(), rules, impressions=impressions)
+    assert verdict == Deny("frequency_cap", "2/3600s")
+    one = Impressions(times=[T0 - MINUTE])
+    assert evaluate(DecisionBook(), rules, impressions=one) == Reserve(2_500)
+
+
+def test_frequency_cap_boundary_of_the_window() -> None:
+    rules = make_rules(caps=((1, 3600),))
+    impressions = Impressions(times=[T0])
+    assert evaluate(DecisionBook(), rules, t=T0 + HOUR, impressions=impressions) == Reserve(2_500)
+    assert evaluate(DecisionBook(), rules, t=T0 + HOUR - 1, impressions=impressions) == Deny(
+        "frequency_cap", "1/3600s"
+    )
+
+
+def test_late_request_is_refused_as_a_frequency_cap() -> None:
+    rules = make_rules(caps=((1, 60),))
+    impressions = Impressions()
+    frequency.record(impressions, T0, rules.longest_window_ms)
+    frequency.record(impressions, T0 + 5 * HOUR, rules.longest_window_ms)
+    assert impressions.times == [T0 + 5 * HOUR]
+    # The window (T0 - 30 s, T0 + 30 s] held the impression dropped at T0.
+    assert evaluate(DecisionBook(), rules, t=T0 + 30_000, impressions=impressions) == Deny(
+        "frequency_cap", "late"
+    )
+    # Windows starting at or after T0 miss nothing that was dropped.
+    assert evaluate(DecisionBook(), rules, t=T0 + MINUTE, impressions=impressions) == Reserve(2_500)
+
+
+def test_other_users_and_campaigns_do_not_count() -> None:
+    rules = make_rules(caps=((1, 3600),))
+    other = make_rules(campaign_id="c-2", caps=((1, 3600),))
+    book = DecisionBook()
+    book.reserve(reservation("r-other-user", rules=rules, user_id="u-2"))
+    book.reserve(reservation("r-other-campaign", rules=other, user_id="u-1"))
+    assert evaluate(book, rules, user_id="u-1") == Reserve(2_500)
+
+
+@pytest.mark.parametrize(
+    ("spent", "detail"),
+    [
+        (Spend(lifetime=97_501), "lifetime"),
+        (Spend(lifetime=97_500), None),
+        (Spend(lifetime=8_000, daily={MIDNIGHT // MS_PER_DAY: 7_501}), "daily"),
+        (Spend(lifetime=8_000, daily={MIDNIGHT // MS_PER_DAY: 7_500}), None),
+        (Spend(lifetime=100_000, daily={MIDNIGHT // MS_PER_DAY: 10_000}), "lifetime"),
+        (Spend(lifetime=1, daily={}, oldest_day=MIDNIGHT // MS_PER_DAY + 1), "daily (late)"),
+    ],
+)
+def test_budget_exhausted_names_the_budget(spent: Spend, detail: str | None) -> None:
+    rules = make_rules(caps=(), lifetime="0.1", daily="0.01")
+    verdict = evaluate(DecisionBook(), rules, spent=spent)
+    assert verdict == (Reserve(2_500) if detail is None else Deny("budget_exhausted", detail))
+
+
+def test_a_campaign_without_budgets_is_never_exhausted() -> None:
+    rules = make_rules(caps=())
+    book = DecisionBook()
+    book.reserve(reservation("r-1", rules=rules))
+    assert evaluate(book, rules, spent=Spend(lifetime=10**15)) == Reserve(2_500)
+
+
+def test_caps_are_checked_before_budgets() -> None:
+    rules = make_rules(caps=((1, 60),), lifetime="0")
+    verdict = evaluate(DecisionBook(), rules, impressions=Impressions(times=[T0]))
+    assert verdict == Deny("frequency_cap", "1/60s")
+
+
+# -- pending reservations ----------------------------------------------------------------------
+
+
+def test_wait_when_only_a_pending_reservation_takes_the_last_cap_slot() -> None:
+    rules = make_rules(caps=((2, 3600),))
+    book = DecisionBook()
+    impressions = Impressions(times=[T0 - MINUTE])
+    assert evaluate(book, rules, impressions=impressions) == Reserve(2_500)
+    book.reserve(reservation("r-1", rules=rules, t=T0))
+    assert len(book) == 1
+    verdict = evaluate(book, rules, t=T0 + 1, impressions=impressions)
+    assert verdict == Wait(frozenset({"r-1"}))
+    # Released: the slot is free again.
+    ended = book.end("r-1")
+    assert ended.request_id == "r-1"
+    assert len(book) == 0
+    assert evaluate(book, rules, t=T0 + 1, impressions=impressions) == Reserve(2_500)
+    # Served instead: committed, and now the cap refuses outright.
+    frequency.record(impressions, ended.t, rules.longest_window_ms)
+    verdict = evaluate(book, rules, t=T0 + 1, impressions=impressions)
+    assert verdict == Deny("frequency_cap", "2/3600s")
+
+
+def test_a_pending_reservation_later_in_event_time_can_make_a_request_wait() -> None:
+    rules = make_rules(caps=((1, 60),))
+    book = DecisionBook()
+    book.reserve(reservation("r-later", rules=rules, t=T0 + 30_000))
+    assert evaluate(book, rules, t=T0) == Wait(frozenset({"r-later"}))
+    assert evaluate(book, rules, t=T0 - 30_000) == Reserve(2_500)
+
+
+def test_wait_when_a_pending_reservation_would_drop_what_the_windows_need() -> None:
+    # One at a time, r-1 served at T0 + 3 h drops the impression at T0, and a request at
+    # T0 + 30 s, whose window (T0 - 30 s, T0 + 30 s] held it, is refused as late.
+    rules = make_rules(caps=((2, 60),))
+    book = DecisionBook()
+    impressions = Impressions(times=[T0])
+    book.reserve(reservation("r-1", rules=rules, t=T0 + 3 * HOUR))
+    late = T0 + 30_000
+    assert evaluate(book, rules, t=late, impressions=impressions) == Wait(frozenset({"r-1"}))
+    frequency.record(impressions, book.end("r-1").t, rules.longest_window_ms)
+    assert evaluate(book, rules, t=late, impressions=impressions) == Deny("frequency_cap", "late")
+    # Released instead: nothing was dropped, and the request fits.
+    book.reserve(reservation("r-2", rules=rules, t=T0 + 3 * HOUR))
+    book.end("r-2")
+    assert evaluate(book, rules, t=late, impressions=Impressions(times=[T0])) == Reserve(2_500)
+
+
+def test_wait_when_a_pending_reservation_on_a_later_day_would_drop_the_day() -> None:
+    # One at a time, r-1 served five days later drops the request's day: `daily (late)`.
+    rules = make_rules(caps=(), daily="1.00")
+    book = DecisionBook()
+    book.reserve(reservation("r-1", rules=rules, t=MIDNIGHT + 5 * MS_PER_DAY))
+    assert evaluate(book, rules, t=MIDNIGHT + HOUR) == Wait(frozenset({"r-1"}))
+    spent = Spend()
+    spend.charge(spent, book.end("r-1").cost, MIDNIGHT + 5 * MS_PER_DAY)
+    assert evaluate(book, rules, t=MIDNIGHT + HOUR, spent=spent) == Deny(
+        "budget_exhausted", "daily (late)"
+    )
+    # Without a daily budget the day does not matter.
+    lifetime_only = make_rules(caps=(), lifetime="1.00")
+    book.reserve(reservation("r-2", rules=lifetime_only, t=MIDNIGHT + 5 * MS_PER_DAY))
+    assert evaluate(book, lifetime_only, t=MIDNIGHT + HOUR, spent=spent) == Reserve(2_500)
+
+
+def test_a_denial_names_a_cap_that_refuses_though_not_always_the_first() -> None:
+    # The committed state alone refuses by the hourly cap, so the book denies at once
+    # rather than wait for r-1. One at a time (r-1 served) the per-minute cap, listed
+    # first, would refuse too: both name a cap that does refuse.
+    rules = make_rules(caps=((1, 60), (2, 3600)))
+    per_minute, hourly = rules.caps
+    committed = Impressions(times=[T0 + 59 * MINUTE + 50_000, T0 + 59 * MINUTE + 55_000])
+    book = DecisionBook()
+    assert evaluate(book, rules, t=T0 - 10_000, impressions=committed) == Reserve(2_500)
+    book.reserve(reservation("r-1", rules=rules, t=T0 - 10_000))
+    assert evaluate(book, rules, t=T0, impressions=committed) == Deny("frequency_cap", "2/3600s")
+    served = Impressions(times=sorted([*committed.times, T0 - 10_000]))
+    assert evaluate(DecisionBook(), rules, t=T0, impressions=served) == Deny(
+        "frequency_cap", "1/60s"
+    )
+    assert frequency.blocking_cap(served.times, [hourly], T0) == hourly
+    assert frequency.blocking_cap(served.times, [per_minute], T0) == per_minute
+
+
+def test_wait_on_budget_names_every_pending_reservation_of_the_campaign() -> None:
+    rules = make_rules(caps=(), lifetime="0.0075")  # room for three
+    book = DecisionBook()
+    for i in range(2):
+        book.reserve(reservation(f"r-{i}", rules=rules, user_id=f"u-{i}"))
+    other = make_rules(campaign_id="c-2", caps=(), lifetime="0.0025")
+    book.reserve(reservation("r-other", rules=other))
+    assert evaluate(book, rules, spent=Spend(lifetime=2_500)) == Wait(frozenset({"r-0", "r-1"}))
+    assert evaluate(book, rules, spent=Spend()) == Reserve(2_500)
+
+
+def test_pending_on_another_day_counts_for_lifetime_only() -> None:
+    rules = make_rules(caps=(), daily="0.005")
+    book = DecisionBook()
+    book.reserve(reservation("r-yesterday", rules=rules, t=MIDNIGHT - 1))
+    book.reserve(reservation("r-today", rules=rules, t=MIDNIGHT))
+    assert evaluate(book, rules, t=MIDNIGHT + 1) == Reserve(2_500)
+    book.reserve(reservation("r-today-2", rules=rules, t=MIDNIGHT + 5))
+    assert evaluate(book, rules, t=MIDNIGHT + 1) == Wait(
+        frozenset({"r-yesterday", "r-today", "r-today-2"})
+    )
+    lifetime = make_rules(caps=(), lifetime="0.005")
+    book = DecisionBook()
+    book.reserve(reservation("r-yesterday", rules=lifetime, t=MIDNIGHT - 1))
+    book.reserve(reservation("r-today", rules=lifetime, t=MIDNIGHT))
+    assert evaluate(book, lifetime, t=MIDNIGHT + 1) == Wait(frozenset({"r-yesterday", "r-today"}))
+
+
+def test_deny_not_wait_when_the_committed_state_alone_refuses() -> None:
+    rules = make_rules(caps=((1, 3600),), lifetime="0.005")
+    book = DecisionBook()
+    book.reserve(reservation("r-1", rules=rules, t=T0 - 1))
+    book.reserve(reservation("r-2", rules=rules, user_id="u-2", t=T0 - 1))
+    capped = evaluate(book, rules, impressions=Impressions(times=[T0 - MINUTE]))
+    assert capped == Deny("frequency_cap", "1/3600s")
+    broke = evaluate(book, rules, user_id="u-3", spent=Spend(lifetime=5_000))
+    assert broke == Deny("budget_exhausted", "lifetime")
+
+
+def test_end_forgets_a_reservation_once() -> None:
+    rules = make_rules()
+    book = DecisionBook()
+    first = reservation("r-1", rules=rules)
+    book.reserve(first)
+    assert book.end("r-1") == first
+    with pytest.raises(KeyError):
+        book.end("r-1")
+
+
+# -- the worker's loop against one-at-a-time decisions -----------------------------------------
+
+UNIT = 5 * MINUTE
+USERS: tuple[str | None, ...] = ("u-1", "u-2", None)
+USER_DRAWS = ["u-1", "u-1", "u-1", "u-2", None]
+
+
+@st.composite
+def campaign_rules(draw: st.DrawFn, campaign_id: str, window_unit: int) -> CampaignRules:
+    limit = st.none() | st.integers(min_value=0, max_value=8).map(lambda k: k * 1_000)
+    return CampaignRules(
+        campaign_id=campaign_id,
+        version=1,
+        active=draw(st.sampled_from([True] * 9 + [False])),
+        vast_url="https://ads.example.com/vast",
+        currency="EUR",
+        cost_micros=draw(st.sampled_from([0, 1_000, 1_000, 2_500])),
+        lifetime_micros=draw(limit),
+        daily_micros=draw(limit),
+        caps=tuple(
+            draw(
+                st.lists(
+                    st.builds(
+                        Cap,
+                        max=st.integers(min_value=1, max_value=3),
+                        window_ms=st.integers(min_value=1, max_value=6).map(
+                            lambda k: k * window_unit
+                        ),
+                    ),
+                    max_size=2,
+                )
+            )
+        ),
+        anonymous_allowed=draw(st.booleans()),
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: str
+    campaign_id: str
+    user_id: str | None
+    t: int
+    fills: bool
+    """Whether the upstream returns an ad, should the request get that far."""
+
+
+Outcome = tuple[Any, ...]
+
+
+@st.composite
+def scenarios(
+    draw: st.DrawFn, *, start: int, unit: int, units: int, window_unit: int
+) -> tuple[dict[str, CampaignRules], list[Request]]:
+    rules = {
+        cid: draw(campaign_rules(cid, window_unit))
+        for cid in draw(st.sampled_from([["c-1"], ["c-1", "c-2"]]))
+    }
+    requests = draw(
+        st.lists(
+            st.builds(
+                lambda i, cid, user, k, jitter, fills: (
+                    cid,
+                    user,
+                    start + k * unit + jitter,
+                    fills,
+                ),
+                st.just(0),
+                st.sampled_from([*rules, *rules, *rules, *rules, "c-unknown"]),
+                st.sampled_from(USER_DRAWS),
+                st.integers(min_value=0, max_value=units),
+                st.sampled_from([-1, 0, 0, 1]),
+                st.booleans() | st.just(True),
+            ),
+            min_size=2,
+            max_size=30,
+        )
+    )
+    return rules, [Request(f"r-{i}", *fields) for i, fields in enumerate(requests)]
+
+
+def holds_cap_slot(rules: CampaignRules, user_id: str | None) -> bool:
+    return bool(rules.caps) and user_id is not None
+
+
+def in_window(times: Sequence[int], end: int, window_ms: int) -> int:
+    return sum(1 for x in times if end - window_ms < x <= end)
+
+
+def blocking_caps_by_brute_force(served: Sequence[int], caps: Sequence[Cap], t: int) -> list[Cap]:
+    """The caps that one more impression at t would push over in some window containing t."""
+    with_t = [*served, t]
+    ends = {x + d for x in with_t for cap in caps for x in (x, x + cap.window_ms) for d in (-1, 0)}
+    return [
+        cap
+        for cap in caps
+        if any(
+            in_window(with_t, s, cap.window_ms) > cap.max
+            for s in ends
+            if t <= s < t + cap.window_ms
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class Expected:
+    outcome: Outcome
+    """("served", cost), ("no_fill",) or ("denied", reason)."""
+    details: frozenset[str | None] = frozenset({None})
+    """The details a denial may name: every cap or budget that refuses it."""
+
+
+def reference(
+    rules: dict[str, CampaignRules], requests: Sequence[Request], *, lateness: bool
+) -> list[Expected]:
+    """One request at a time in stream order, the upstream's answer known: DESIGN.md by brute
+    force over everything served before. With `lateness`, a request is also refused as late
+    when the state the modules keep, committed in stream order, says so."""
+    served: list[Request] = []
+    impressions: dict[tuple[str, str | None], Impressions] = defaultdict(Impressions)
+    spends: dict[str, Spend] = defaultdict(Spend)
+    expected: list[Expected] = []
+    for r in requests:
+        rule = rules.get(r.campaign_id)
+        if rule is None:
+            expected.append(Expected(("denied", "campaign_unknown")))
+            continue
+        if not rule.active:
+            expected.append(Expected(("denied", "campaign_inactive")))
+            continue
+        if rule.caps and r.user_id is None and not rule.anonymous_allowed:
+            expected.append(Expected(("denied", "anonymous")))
+            continue
+        key = (r.campaign_id, r.user_id)
+        if holds_cap_slot(rule, r.user_id):
+            mine = [s.t for s in served if (s.campaign_id, s.user_id) == key]
+            refusing = [cap.label for cap in blocking_caps_by_brute_force(mine, rule.caps, r.t)]
+            if lateness and frequency.is_late(impressions[key], rule.caps, r.t):
+                refusing.insert(0, "late")
+            if refusing:
+                expected.append(Expected(("denied", "frequency_cap"), frozenset(refusing)))
+                continue
+        ours = [s for s in served if s.campaign_id == r.campaign_id]
+        day = r.t // MS_PER_DAY
+        spent = len(ours) * rule.cost_micros
+        spent_today = sum(rule.cost_micros for s in ours if s.t // MS_PER_DAY == day)
+        exceeded = []
+        if lateness and rule.daily_micros is not None and day < spends[r.campaign_id].oldest_day:
+            exceeded.append("daily (late)")
+        if rule.lifetime_micros is not None and spent + rule.cost_micros > rule.lifetime_micros:
+            exceeded.append("lifetime")
+        if rule.daily_micros is not None and spent_today + rule.cost_micros > rule.daily_micros:
+            exceeded.append("daily")
+        if exceeded:
+            expected.append(Expected(("denied", "budget_exhausted"), frozenset(exceeded)))
+        elif r.fills:
+            served.append(r)
+            if holds_cap_slot(rule, r.user_id):
+                frequency.record(impressions[key], r.t, rule.longest_window_ms)
+            spend.charge(spends[r.campaign_id], rule.cost_micros, r.t)
+            expected.append(Expected(("served", rule.cost_micros)))
+        else:
+            expected.append(Expected(("no_fill",)))
+    return expected
+
+
+def assert_agree(outcomes: Sequence[Outcome], expected: Sequence[Expected]) -> None:
+    """The same outcome for every request; a denial names a cap or budget that does refuse it."""
+    assert [o[:2] if o[0] == "denied" else o for o in outcomes] == [e.outcome for e in expected]
+    for outcome, e in zip(outcomes, expected, strict=True):
+        if outcome[0] == "denied":
+            assert outcome[2] in e.details
+
+
+@dataclass
+class Worker:
+    """The worker's loop: decide in stream order while earlier upstream calls are in flight."""
+
+    rules: dict[str, CampaignRules]
+    data: st.DataObject
+    book: DecisionBook = field(default_factory=DecisionBook)
+    impressions: dict[tuple[str, str | None], Impressions] = field(default_factory=dict)
+    spends: dict[str, Spend] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    fills: dict[str, bool] = field(default_factory=dict)
+    waits: int = 0
+
+    def end(self, request_id: str) -> None:
+        ended = self.book.end(request_id)
+        if not self.fills[request_id]:
+            self.outcomes[request_id] = ("no_fill",)
+            return
+        rules = self.rules[ended.campaign_id]
+        if ended.capped:
+            key = (ended.campaign_id, ended.user_id)
+            frequency.record(
+                self.impressions.setdefault(key, Impressions()), ended.t, rules.longest_window_ms
+            )
+        spend.charge(self.spends.setdefault(ended.campaign_id, Spend()), ended.cost, ended.t)
+        self.outcomes[request_id] = ("served", ended.cost)
+
+    def end_some(self, request_ids: Sequence[str], *, label: str) -> None:
+        for request_id in self.data.draw(st.permutations(sorted(request_ids)), label=label):
+            self.end(request_id)
+
+    def decide(self, r: Request) -> None:
+        self.fills[r.request_id] = r.fills
+        pending = [rid for rid, o in self.outcomes.items() if o == ("pending",)]
+        if pending:
+            finished = self.data.draw(
+                st.lists(st.sampled_from(pending), unique=True, max_size=1),
+                label="finished meanwhile",
+            )
+            self.end_some(finished, label="in the order")
+        rules = self.rules.get(r.campaign_id)
+        while True:
+            verdict = self.book.evaluate(
+                request_id=r.request_id,
+                user_id=r.user_id,
+                t=r.t,
+                rules=rules,
+                impressions=self.impressions.get((r.campaign_id, r.user_id)),
+                spent=self.spends.get(r.campaign_id),
+            )
+            if not isinstance(verdict, Wait):
+                break
+            self.waits += 1
+            still_pending = {rid for rid, o in self.outcomes.items() if o == ("pending",)}
+            assert verdict.on and verdict.on <= still_pending
+            self.end_some(sorted(verdict.on), label="awaited, ending in the order")
+        if isinstance(verdict, Deny):
+            self.outcomes[r.request_id] = ("denied", verdict.reason, verdict.detail)
+            return
+        assert rules is not None
+        assert verdict.cost == rules.cost_micros
+        self.book.reserve(
+            Reservation(
+                request_id=r.request_id,
+                campaign_id=r.campaign_id,
+                user_id=r.user_id,
+                t=r.t,
+                cost=verdict.cost,
+                capped=holds_cap_slot(rules, r.user_id),
+            )
+        )
+        self.outcomes[r.request_id] = ("pending",)
+
+    def run(self, requests: Sequence[Request]) -> list[Outcome]:
+        for r in requests:
+            self.decide(r)
+        self.end_some([rid for rid, o in self.outcomes.items() if o == ("pending",)], label="last")
+        assert len(self.book) == 0
+        return [self.outcomes[r.request_id] for r in requests]
+
+
+def assert_within_caps_and_budgets(
+    rules: dict[str, CampaignRules], requests: Sequence[Request], outcomes: Sequence[Outcome]
+) -> None:
+    served = [r for r, o in zip(requests, outcomes, strict=True) if o[0] == "served"]
+    for cid, rule in rules.items():
+        ours = [r for r in served if r.campaign_id == cid]
+        if rule.lifetime_micros is not None:
+            assert len(ours) * rule.cost_micros <= rule.lifetime_micros
+        if rule.daily_micros is not None:
+            for day in {r.t // MS_PER_DAY for r in ours}:
+                today = [r for r in ours if r.t // MS_PER_DAY == day]
+                assert len(today) * rule.cost_micros <= rule.daily_micros
+        for user in USERS:
+            if user is None or not rule.caps:
+                continue
+            times = [r.t for r in ours if r.user_id == user]
+            for cap in rule.caps:
+                for end in times:
+                    assert in_window(times, end, cap.window_ms) <= cap.max
+
+
+# Within one hour of event time nothing is ever pruned or late, so DESIGN.md's rules alone say
+# what must happen; the hour straddles a UTC midnight for the daily budgets.
+within_the_hour = scenarios(start=MIDNIGHT - 30 * MINUTE, unit=UNIT, units=11, window_unit=UNIT)
+
+
+@settings(max_examples=200, deadline=None)
+@given(within_the_hour, st.data())
+def test_the_worker_loop_decides_exactly_like_one_at_a_time(
+    scenario: tuple[dict[str, CampaignRules], list[Request]], data: st.DataObject
+) -> None:
+    rules, requests = scenario
+    worker = Worker(rules, data)
+    outcomes = worker.run(requests)
+    target(worker.waits)
+    assert_agree(outcomes, reference(rules, requests, lateness=False))
+    assert_within_caps_and_budgets(rules, requests, outcomes)
+    served = [r for r, o in zip(requests, outcomes, strict=True) if o[0] == "served"]
+    for cid in rules:
+        charged = sum(
+            o[1]
+            for r, o in zip(requests, outcomes, strict=True)
+            if o[0] == "served" and r.campaign_id == cid
+        )
+        assert worker.spends.get(cid, Spend()).lifetime == charged
+    for (cid, user), impressions in worker.impressions.items():
+        assert impressions.times == sorted(
+            r.t for r in served if (r.campaign_id, r.user_id) == (cid, user)
+        )
+
+
+# Over days of event time, with pruning and late refusals: the same as the sequential rules.
+over_days = scenarios(
+    start=MIDNIGHT, unit=MS_PER_DAY // 8, units=40, window_unit=ALLOWED_LATENESS_MS // 2
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(over_days, st.data())
+def test_the_worker_loop_matches_sequential_decisions_with_lateness(
+    scenario: tuple[dict[str, CampaignRules], list[Request]], data: st.DataObject
+) -> None:
+    rules, requests = scenario
+    worker = Worker(rules, data)
+    outcomes = worker.run(requests)
+    target(worker.waits)
+    assert_agree(outcomes, reference(rules, requests, lateness=True))
+    assert_within_caps_and_budgets(rules, requests, outcomes)
+
+
+def test_the_order_reservations_end_in_does_not_change_later_decisions() -> None:
+    rules = make_rules(caps=((1, 1800),))
+    a, b = T0, T0 + 10 * HOUR
+    c = b + 31 * MINUTE
+    d = b - HOUR
+    verdicts = []
+    for order in (["b", "c"], ["c", "b"]):
+        book = DecisionBook()
+        impressions = Impressions()
+        frequency.record(impressions, a, rules.longest_window_ms)
+        for request_id, t in (("b", b), ("c", c)):
+            verdict = evaluate(book, rules, t=t, impressions=impressions, request_id=request_id)
+            assert verdict == Reserve(2_500)
+            book.reserve(reservation(request_id, rules=rules, t=t))
+        for request_id in order:
+            frequency.record(impressions, book.end(request_id).t, rules.longest_window_ms)
+        verdicts.append(evaluate(book, rules, t=d, impressions=impressions))
+    # One at a time (b, c served, then d): d's windows reach no further back than what b
+    # dropped, and hold no impression.
+    assert verdicts == [Reserve(2_500), Reserve(2_500)]
