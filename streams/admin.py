@@ -19,6 +19,9 @@ from models.events import Campaign
 from streams.app import Partitions
 from streams.topics import Topics
 
+# Records carry their event time as timestamp, so time-based retention would delete a replay
+# or a backfill within minutes of writing it: the topics keep everything unless told otherwise.
+KEEP_FOREVER = {"retention.ms": "-1"}
 COMPACTED = {"cleanup.policy": "compact"}
 
 
@@ -41,7 +44,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Part
                 name,
                 num_partitions=count,
                 replication_factor=1,
-                topic_configs=COMPACTED if name == topics.campaigns else {},
+                topic_configs=COMPACTED if name == topics.campaigns else KEEP_FOREVER,
             )
             for name, count in wanted.items()
             if name not in existing

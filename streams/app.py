@@ -13,7 +13,7 @@ transaction with the offsets of the events that caused it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -22,7 +22,13 @@ from faust.types import EventT, StreamT
 from prometheus_client import generate_latest
 
 from models.codec import encode
-from streams.faust_patches import CommitBarrier, TransactionalSender, set_fetch_wait
+from streams.faust_patches import (
+    Committer,
+    SkippedEvents,
+    TransactionalSender,
+    TransactionIds,
+    tune_clients,
+)
 from streams.lookaside import StateView, cap_view, spend_view
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -31,7 +37,7 @@ from streams.stages.outputs import Outputs
 from streams.stages.route import Router
 from streams.state.frequency import Impressions
 from streams.state.spend import Spend
-from streams.tables import Tables, frequency_key
+from streams.tables import RawTable, Tables, frequency_key
 from streams.topics import Topics
 
 JSON = "application/json"
@@ -55,6 +61,8 @@ class Worker(msgspec.Struct):
     metrics: Metrics
     router: Router
     decider: Decider
+    committer: Committer
+    skipped: SkippedEvents
 
 
 def create_worker(
@@ -64,7 +72,7 @@ def create_worker(
     metrics: Metrics,
     lookaside: Lookaside | None = None,
 ) -> Worker:
-    set_fetch_wait(settings.fetch_wait_ms)
+    tune_clients(fetch_wait_ms=settings.fetch_wait_ms, retry_backoff_ms=10)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -74,6 +82,9 @@ def create_worker(
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
+        # A crashed worker's partitions move after this long without a heartbeat.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         topic_partitions=partitions.campaigns,
         topic_replication_factor=1,
         web_port=settings.web_port,
@@ -81,13 +92,19 @@ def create_worker(
         web_host=settings.web_host,
         web_in_thread=False,
         producer_linger_ms=1,
+        # Decisions are ~2.5 KB (the VAST document rides along): aiokafka's 16 KB batches
+        # made a batch of decisions wait on the broker once per handful of records.
+        producer_max_batch_size=512 * 1024,
+        Table=RawTable,
     )
     topics = Topics.named(settings.topic_prefix, settings.app_id)
     tables = Tables(
         app, requests_partitions=partitions.requests, campaign_partitions=partitions.campaigns
     )
-    sender = TransactionalSender(app)
-    barrier = CommitBarrier(app)
+    transactions = TransactionIds(app)
+    sender = TransactionalSender(app, transactions)
+    skipped = SkippedEvents(app, settings.kafka_bootstrap_servers)
+    committer = Committer(app, transactions, skipped)
     router = Router(Outputs(sender, topics.dlq), tables.seen, topics.by_campaign, metrics)
     decider = Decider(Outputs(sender, topics.dlq), tables, topics, resolver, metrics, lookaside)
 
@@ -105,24 +122,27 @@ def create_worker(
     tables.seen.table.on_recover(rebuild_route_expiry)
     tables.frequency.table.on_recover(rebuild_decide_expiry)
 
-    def batches(stream: StreamT[Any]) -> AsyncIterator[Sequence[EventT[Any]]]:
-        barrier.install()
-        taken: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).take_events(
+    async def run_stage(
+        stream: StreamT[Any], handle: Callable[[Sequence[EventT[Any]]], Awaitable[None]]
+    ) -> None:
+        committer.install()
+        batches: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).take_events(
             settings.batch_size, settings.batch_wait_s
         )
-        return taken
+        async for taken in batches:
+            async with committer.batch():
+                events = await skipped.complete(taken)
+                await handle(events)
+                for event in events:
+                    committer.finished(event.message.tp, event.message.offset)
 
     @app.agent(raw_topic(topics.requests), name="route")
     async def route(stream: StreamT[Any]) -> None:
-        async for events in batches(stream):
-            async with barrier.batch():
-                await router.handle(events)
+        await run_stage(stream, router.handle)
 
     @app.agent(raw_topic(topics.by_campaign, topics.campaigns), name="decide")
     async def decide(stream: StreamT[Any]) -> None:
-        async for events in batches(stream):
-            async with barrier.batch():
-                await decider.handle(events)
+        await run_stage(stream, decider.handle)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -156,4 +176,4 @@ def create_worker(
         view = StateView(campaign_id, True, rules.version, spend_view(spent, rules), cap)
         return web.bytes(encode(view), content_type=JSON)
 
-    return Worker(app, topics, tables, metrics, router, decider)
+    return Worker(app, topics, tables, metrics, router, decider, committer, skipped)

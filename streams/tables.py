@@ -45,6 +45,18 @@ def frequency_key(campaign_id: str, user_id: str) -> str:
     return f"{campaign_id}\x1f{user_id}"
 
 
+class RawTable(faust.Table[bytes, bytes]):
+    """A table of bytes we encode ourselves: Faust stores and ships them as they are.
+
+    Faust derives a table's codecs from its key and value types, and a `bytes` type gets
+    "json", which cannot hold msgpack. The app declares every table with this class
+    (`faust.App(Table=RawTable)`).
+    """
+
+    def _serializer_from_type(self, typ: Any) -> str:
+        return "raw"
+
+
 class TypedTable(Generic[V]):
     """A Faust table of str keys and msgspec values, encoded once at this boundary."""
 
@@ -80,13 +92,8 @@ class Tables:
     def __init__(
         self, app: faust.App, *, requests_partitions: int, campaign_partitions: int
     ) -> None:
-        # Values are msgspec bytes already: Faust stores and ships them as they are.
-        raw: faust.Schema[bytes, bytes] = faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-
         def table(name: str, kind: type[V], partitions: int) -> TypedTable[V]:
-            declared = app.Table(name, partitions=partitions, schema=raw)
+            declared = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
             return TypedTable(declared, kind)
 
         self.seen = table("seen", SeenRequest, requests_partitions)

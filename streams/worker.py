@@ -17,6 +17,7 @@ import faust
 from streams import logs
 from streams.admin import ensure_topics
 from streams.app import create_worker
+from streams.local_state import LocalState
 from streams.lookaside import RedisLookaside
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -54,6 +55,7 @@ def run(settings: Settings) -> None:
     @app.on_before_shutdown.connect
     async def close_clients(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await upstreams.aclose()
+        await worker.skipped.close()
         if lookaside is not None:
             await lookaside.aclose()
 
@@ -64,5 +66,14 @@ def run(settings: Settings) -> None:
         partitions,
         settings.store,
     )
-    # quiet: Faust's terminal spinner would set the root logger to DEBUG (DESIGN.md).
-    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    local_state = LocalState(Path(app.conf.tabledir))
+    if settings.store == "rocksdb":
+        local_state.open()
+    try:
+        # quiet: Faust's terminal spinner would set the root logger to DEBUG (DESIGN.md).
+        faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    except SystemExit as exit:
+        if exit.code in (0, None) and worker.committer.ended_cleanly:
+            local_state.closed_cleanly()
+            log.info("worker stopped cleanly")
+        raise

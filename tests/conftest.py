@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from infra.provision import Services, provide_services
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.upstream import VastServer, serve
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +38,12 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A topic/group name no other test (or earlier run against the same broker) uses."""
     test = re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:60]
     return f"{test}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+async def vast_server() -> AsyncIterator[VastServer]:
+    """A real HTTP server on 127.0.0.1 playing VAST upstreams; each test adds its own routes."""
+    server = VastServer()
+    runner = await serve(server)
+    yield server
+    await runner.cleanup()

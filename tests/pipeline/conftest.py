@@ -8,9 +8,7 @@ import pytest
 
 from infra.provision import Services
 from tests.pipeline.harness import Deployment
-from tests.vast.conftest import VastServer, inline, vast, vast_server
-
-__all__ = ["vast_server"]  # the session's HTTP upstream, shared with the resolver's tests
+from tests.upstream import VastServer, inline, vast
 
 
 @pytest.fixture(scope="module")

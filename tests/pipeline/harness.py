@@ -199,6 +199,9 @@ class Deployment:
         await worker.wait_ready()
         return worker
 
+    def alive_worker(self) -> WorkerProcess:
+        return next(w for w in self.workers if w.proc is not None and w.proc.poll() is None)
+
     async def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -218,7 +221,7 @@ class Deployment:
         params = {"user": user_id} if user_id else {}
         async with httpx.AsyncClient(timeout=5.0) as client:
             response = await client.get(
-                self.workers[0].url(f"/adstream/state/{campaign_id}/"), params=params
+                self.alive_worker().url(f"/adstream/state/{campaign_id}/"), params=params
             )
         response.raise_for_status()
         return msgspec.json.decode(response.content, type=StateView)

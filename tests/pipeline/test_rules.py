@@ -7,7 +7,7 @@ from aiohttp import web
 
 from models.money import to_micros
 from tests.pipeline.harness import BASE_MS, DAY_MS, Decision, Deployment, campaign, request
-from tests.vast.conftest import VastServer, inline, vast
+from tests.upstream import VastServer, inline, vast
 
 MINUTE = 60_000
 HOUR = 3_600_000

@@ -15,7 +15,7 @@ from infra.redis_server import RedisServer
 from models.context import SessionContext
 from streams.vast import ResponseCache, VastUpstream
 from streams.vast.cache import cache_ttl
-from tests.vast.conftest import VastServer, inline, vast, wrapper
+from tests.upstream import VastServer, inline, vast, wrapper
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from streams.macros import Macros
 from streams.vast import NoAdError, WrapperError, parse_vast
 from streams.vast.chain import Rules, may_fall_back, plan, resolve_ad
 from streams.vast.document import Ad, Creative, Tracking, Wrapper
-from tests.vast.conftest import inline, vast, wrapper
+from tests.upstream import inline, vast, wrapper
 
 MANY = Rules(allow_multiple_ads=True)
 ONE = Rules(allow_multiple_ads=False)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 from urllib.parse import parse_qs
 
-from tests.vast.conftest import VastServer, inline, vast, wrapper
+from tests.upstream import VastServer, inline, vast, wrapper
 
 
 async def adstream(*args: str) -> tuple[int, str]:

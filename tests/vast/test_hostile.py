@@ -21,7 +21,7 @@ from streams.vast import (
     VastTransport,
     VastUpstream,
 )
-from tests.vast.conftest import VastServer, inline, vast, wrapper
+from tests.upstream import VastServer, inline, vast, wrapper
 
 MIB = 1 << 20
 

@@ -13,7 +13,7 @@ from streams.vast import (
     UnsupportedVersion,
     parse_vast,
 )
-from tests.vast.conftest import inline, vast, wrapper
+from tests.upstream import inline, vast, wrapper
 
 IAB_NAMESPACE = "http://www.iab.com/VAST"
 

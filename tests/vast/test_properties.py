@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from models.context import SessionContext
 from streams.vast import RetryPolicy, VastError, VastUpstream, parse_vast
 from streams.vast.guard import is_public
-from tests.vast.conftest import SAMPLES, VastServer, vast, wrapper
+from tests.upstream import SAMPLES, VastServer, vast, wrapper
 
 PARSE_CODES = {100, 101, 102}
 RESULT_CODES = {None, 100, 101, 102, 300, 301, 302, 303}

@@ -13,7 +13,7 @@ import pytest
 from models.context import SessionContext
 from streams.vast import VastTransport, VastUpstream
 from streams.vast.pixels import ErrorPixels
-from tests.vast.conftest import Reply, VastServer, inline, vast, wrapper
+from tests.upstream import Reply, VastServer, inline, vast, wrapper
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from models.context import SessionContext
 from streams.vast import RetryMiddleware, RetryPolicy, VastUpstream
-from tests.vast.conftest import Reply, VastServer, inline, vast
+from tests.upstream import Reply, VastServer, inline, vast
 
 QUICK = RetryPolicy(max_retries=3, backoff=0.01, max_backoff=0.02)
 

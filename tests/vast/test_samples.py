@@ -14,7 +14,7 @@ import pytest
 
 from models.context import SessionContext
 from streams.vast import VastResult, VastUpstream, parse_vast
-from tests.vast.conftest import SAMPLES, VastServer
+from tests.upstream import SAMPLES, VastServer
 
 EXAMPLE = "http://example.com"
 
