@@ -31,6 +31,8 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def ensure_port_free(service: str, port: int, host: str = LOOPBACK) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Connections of a stopped server linger in TIME_WAIT; only a listener is in the way.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

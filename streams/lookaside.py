@@ -16,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 
 import httpx
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.metrics import Metrics
 from streams.stages.decide import StateChanges
@@ -33,8 +36,9 @@ from streams.state.spend import Spend
 log = logging.getLogger(__name__)
 
 SPEND_TTL_S = 2 * 86_400
-RETRY_AFTER_S = 1.0
-"""After a Redis failure, writes pause this long instead of piling up timeouts."""
+RETRY_AFTER_S = 0.5
+"""After a Redis failure, the writer waits this long before trying again."""
+MAX_QUEUED_KEYS = 100_000
 
 
 class CapView(msgspec.Struct, frozen=True):
@@ -88,6 +92,18 @@ def spend_key(prefix: str, campaign_id: str) -> str:
     return f"{prefix}adstream:spend:{campaign_id}"
 
 
+def connect(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client that retries a command once on a fresh connection: after Redis restarts,
+    every pooled connection is dead, and the first write would otherwise be lost."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
 def cap_ttl_s(caps: list[Cap]) -> int:
     longest = max((cap.window_ms for cap in caps), default=0)
     return max(1, math.ceil((longest + ALLOWED_LATENESS_MS) / 1000))
@@ -97,12 +113,11 @@ class RedisLookaside:
     """The worker's side: best-effort, pipelined write-through."""
 
     def __init__(self, url: str, *, prefix: str = "", metrics: Metrics | None = None) -> None:
-        self.client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.client = connect(url, timeout_s=0.5)
         self.prefix = prefix
         self.metrics = metrics
         self._queued: dict[str, tuple[bytes, int]] = {}
         self._writer: asyncio.Task[None] | None = None
-        self._paused_until = 0.0
         self._encoder = msgspec.json.Encoder()
 
     def write(self, changes: StateChanges) -> None:
@@ -124,9 +139,6 @@ class RedisLookaside:
 
     async def _drain(self) -> None:
         while self._queued:
-            if time.monotonic() < self._paused_until:
-                self._queued.clear()  # later changes rewrite these keys; edges fall back
-                return
             batch, self._queued = self._queued, {}
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
@@ -134,14 +146,19 @@ class RedisLookaside:
                         pipe.set(key, value, ex=ttl)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
-                self._paused_until = time.monotonic() + RETRY_AFTER_S
                 if self.metrics is not None:
                     self.metrics.redis_errors.inc()
                 log.warning("lookaside write of %d keys failed: %s", len(batch), exc)
+                # Keep the newest value of each key for the next attempt, within bounds:
+                # after a long outage edges fall back to the worker for what was dropped.
+                if len(batch) + len(self._queued) <= MAX_QUEUED_KEYS:
+                    self._queued = {**batch, **self._queued}
+                await asyncio.sleep(RETRY_AFTER_S)
 
     async def aclose(self) -> None:
         if self._writer is not None:
             await asyncio.wait([self._writer], timeout=1.0)
+            self._writer.cancel()
         await self.client.aclose()
 
 
@@ -149,9 +166,7 @@ class LookasideClient:
     """An edge's side: Redis first, the owning worker on a miss; answers at an event time."""
 
     def __init__(self, redis_url: str, worker_url: str, *, prefix: str = "") -> None:
-        self.redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
-        )
+        self.redis = connect(redis_url, timeout_s=0.2)
         self.http = httpx.AsyncClient(base_url=worker_url, timeout=2.0)
         self.prefix = prefix
         self._decoder = msgspec.json.Decoder(StateView)
