@@ -4,6 +4,7 @@ record has them (pass them with `extra=`)."""
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 import time
 
@@ -32,9 +33,18 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str) -> None:
-    """JSON lines on stderr for the whole process, Faust's loggers included."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    """JSON lines on stderr, until the Faust worker installs `dict_config`."""
+    logging.config.dictConfig(dict_config(level))
+
+
+def dict_config(level: str) -> dict[str, object]:
+    """The logging configuration of a worker process, Faust's own loggers included."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }

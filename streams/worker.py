@@ -71,7 +71,12 @@ def run(settings: Settings) -> None:
         local_state.open()
     try:
         # quiet: Faust's terminal spinner would set the root logger to DEBUG (DESIGN.md).
-        faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+        faust.Worker(
+            app,
+            loglevel=settings.log_level,
+            quiet=True,
+            logging_config=logs.dict_config(settings.log_level),
+        ).execute_from_commandline()
     except SystemExit as exit:
         if exit.code in (0, None) and worker.committer.ended_cleanly:
             local_state.closed_cleanly()

@@ -87,3 +87,27 @@ async def test_sigkill_mid_stream_then_restart(rocksdb_deployment: Deployment, a
     denied = {d.reason for d in decisions if d.topic == "denied"}
     assert {"frequency_cap", "budget_exhausted", "anonymous"} <= denied
     assert sum(by_campaign.values()) <= to_micros("4.00") + to_micros("2.50") + 17 * 1_500_000
+
+
+async def test_sigterm_stops_cleanly_and_keeps_local_state(
+    rocksdb_deployment: Deployment, ad_url: str
+) -> None:
+    deployment = rocksdb_deployment
+    rules = campaign(ad_url, caps=[(2, 3600)])
+    await deployment.load(rules)
+    first = [request(rules.campaign_id, BASE_MS + i, "graceful") for i in range(2)]
+    assert [d.topic for d in await deployment.decided(await deployment.publish(*first))] == [
+        "served",
+        "served",
+    ]
+    worker = deployment.workers[0]
+    assert worker.stop(signal.SIGTERM) == 0
+    log = worker.log_path.read_text()
+    assert "worker stopped cleanly" in log
+    await deployment.add_worker(index=0)
+    (after,) = await deployment.decided(
+        await deployment.publish(request(rules.campaign_id, BASE_MS + 2, "graceful"))
+    )
+    assert after.reason == "frequency_cap"
+    # The second worker reused the state on disk instead of discarding it.
+    assert "not clean" not in deployment.workers[-1].log_path.read_text()
