@@ -1,0 +1,110 @@
+"""`adstream campaigns load`: JSON and TOML files, validated whole before anything is sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaConsumer
+
+from streams.topics import Topics
+
+CAMPAIGN = {
+    "schema": 1,
+    "campaign_id": "json-1",
+    "active": True,
+    "vast_url": "https://ads.example.com/vast?cb=[CACHEBUSTING]",
+    "cpm": "2.505",
+    "currency": "EUR",
+    "budget": {"lifetime": "100.00", "daily": "10"},
+    "frequency_caps": [{"max": 3, "window_s": 3600}],
+}
+TOML = """
+[[campaigns]]
+schema = 1
+campaign_id = "toml-1"
+active = false
+vast_url = "http://127.0.0.1/vast"
+cpm = "1"
+currency = "USD"
+anonymous_policy = "uncapped"
+"""
+
+
+def load(path: Path, kafka_bootstrap: str, prefix: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    env["ADSTREAM_TOPIC_PREFIX"] = prefix
+    env["ADSTREAM_PARTITIONS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "campaigns", "load", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+async def published(kafka_bootstrap: str, topic: str, expect: int) -> list[dict[str, object]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    values: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(values) < expect and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                values += [msgspec.json.decode(r.value or b"") for r in records]
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def test_json_and_toml_files_are_published(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    prefix = f"{unique_name}-"
+    as_json = tmp_path / "campaigns.json"
+    as_json.write_text(json.dumps([CAMPAIGN]))
+    as_toml = tmp_path / "campaigns.toml"
+    as_toml.write_text(TOML)
+    first = load(as_json, kafka_bootstrap, prefix)
+    second = load(as_toml, kafka_bootstrap, prefix)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert first.stdout.split() == ["json-1", "version", "0"]
+    assert second.stdout.split() == ["toml-1", "version", "1"]
+    values = await published(kafka_bootstrap, Topics.named(prefix).campaigns, 2)
+    assert [v["campaign_id"] for v in values] == ["json-1", "toml-1"]
+    assert values[0]["cpm"] == "2.505"  # money stays a decimal string
+    assert values[1]["anonymous_policy"] == "uncapped"
+
+
+async def test_a_bad_file_publishes_nothing_and_names_each_problem(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    prefix = f"{unique_name}-"
+    bad = [
+        CAMPAIGN,
+        {**CAMPAIGN, "campaign_id": "four-places", "cpm": "2.5005"},
+        {**CAMPAIGN, "campaign_id": "no-url", "vast_url": "ftp://x"},
+    ]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    result = load(path, kafka_bootstrap, prefix)
+    assert result.returncode == 1
+    assert "none published" in result.stderr
+    assert "#1 (four-places)" in result.stderr and "3 decimal places" in result.stderr
+    assert "#2 (no-url)" in result.stderr
+    assert await published(kafka_bootstrap, Topics.named(prefix).campaigns, 1) == []
+    unreadable = tmp_path / "broken.json"
+    unreadable.write_text("{not json")
+    result = load(unreadable, kafka_bootstrap, prefix)
+    assert result.returncode == 1
+    assert "cannot read a list of campaigns" in result.stderr
