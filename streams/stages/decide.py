@@ -48,6 +48,20 @@ UPSTREAM_FAILURE = 900
 """IAB's 'undefined error': the resolver itself failed, which must not stop the worker."""
 
 
+def copied_from(request: AdRequest) -> dict[str, Any]:
+    """The fields every decision copies from its request."""
+    context = request.context
+    return {
+        "schema": SCHEMA_VERSION,
+        "request_id": context.request_id,
+        "correlator": context.correlator,
+        "campaign_id": request.campaign_id,
+        "placement_id": request.placement_id,
+        "user_id": user_id_of(context),
+        "timestamp": context.timestamp,
+    }
+
+
 class Resolver(Protocol):
     async def resolve(self, rules: CampaignRules, request: AdRequest) -> VastResult: ...
 
@@ -162,16 +176,7 @@ class Decider:
     ) -> None:
         context = request.context
         denied = AdDenied(
-            schema=SCHEMA_VERSION,
-            request_id=context.request_id,
-            correlator=context.correlator,
-            campaign_id=request.campaign_id,
-            placement_id=request.placement_id,
-            user_id=user_id_of(context),
-            timestamp=context.timestamp,
-            reason=reason,
-            detail=detail,
-            campaign_version=version,
+            **copied_from(request), reason=reason, detail=detail, campaign_version=version
         )
         await self._emit(event, self.topics.denied, request, encode(denied), started)
         self.metrics.decisions.labels(outcome="denied", reason=reason).inc()
@@ -190,15 +195,8 @@ class Decider:
         result: VastResult,
         started: float,
     ) -> None:
-        context = request.context
         served = AdServed(
-            schema=SCHEMA_VERSION,
-            request_id=context.request_id,
-            correlator=context.correlator,
-            campaign_id=request.campaign_id,
-            placement_id=request.placement_id,
-            user_id=user_id_of(context),
-            timestamp=context.timestamp,
+            **copied_from(request),
             cost=from_micros(rules.cost_micros),
             currency=rules.currency,
             ad=result.ads[0],
