@@ -8,7 +8,7 @@ are two), so serving never counts as the client's CPU. Each contender runs at 1 
 concurrent resolutions:
 
 - `resolver`: `VastUpstream.fetch`: fetch, parse, select, merge, macros, chain bookkeeping;
-- `transport`: the resolver's HTTP layer alone (`VastTransport.get`, httpx over aiohttp),
+- `transport`: the resolver's HTTP layer alone (`VastTransport.get`, on its aiohttp session),
   to show what of the resolver's cost is HTTP and what is VAST;
 - `httpx`: `httpx.AsyncClient()` as it comes, GETting the same hops and reading each body;
 - `aiohttp`: a bare `aiohttp.ClientSession` doing the same: the floor.

@@ -1,11 +1,14 @@
-"""HTTP for the resolver: one shared `httpx.AsyncClient` over httpx-aiohttp's transport.
+"""HTTP for the resolver: one shared aiohttp session, also offered as an `httpx.AsyncClient`.
 
 aiohttp carries the bytes: httpx's own connection pool costs several times more CPU per request
-and collapses under concurrency (DESIGN.md, "Performance facts"). Requests are httpx
-`Request`s built by the client and handed straight to its transport: `AsyncClient.send`'s
-auth, redirect and cookie-jar machinery costs about as much as the transport itself, and the
-resolver needs none of it, since it follows redirects itself (checking every target) and
-takes cookies from each request's context only.
+and collapses under concurrency (DESIGN.md, "Performance facts"). The resolver's own GETs go
+straight to the shared `aiohttp.ClientSession`: building httpx `Request`/`Response` objects and
+converting between them and aiohttp's (httpx-aiohttp) cost about as much CPU as the HTTP
+exchange itself, and the resolver needs none of httpx's machinery, since it follows redirects
+itself (checking every target) and takes cookies from each request's context only.
+`VastTransport.client` is an `httpx.AsyncClient` over httpx-aiohttp's transport on the very same
+session (connector, connection limits, SSRF-guarded resolver, no cookie jar), for callers who
+want the httpx API.
 
 Hostile upstreams meet: a body cap enforced while streaming (after decompression, so a gzip
 bomb stops at the cap), a redirect cap, http and https only, and the opt-in SSRF guard
@@ -14,6 +17,7 @@ bomb stops at the cap), a redirect cap, http and https only, and the opt-in SSRF
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,6 +49,7 @@ USER_AGENT = "adstream-vast/0.1"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS  # zlib detects the gzip or zlib header itself
 _COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
+_IPV4_STYLE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 # RFC 6265: a cookie name is a token, a value cookie-octets. Anything else could smuggle a
 # second cookie or header into the request, so it is not sent.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -82,14 +87,18 @@ class VastTransport:
         self._resolver: GuardedResolver | None = None
         self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
+        self._headers = {
+            "User-Agent": user_agent,
+            "Accept": "application/xml, text/xml, */*",
+            "Accept-Encoding": "gzip, deflate",
+        }
+        self._session: aiohttp.ClientSession | None = None
         self._transport = AiohttpTransport(client=self._open_session)
+        # The httpx API on this transport's session, for callers who want it; the resolver's
+        # own GETs do not go through it (see the module docstring).
         self.client = httpx.AsyncClient(
             transport=self._transport,
-            headers={
-                "User-Agent": user_agent,
-                "Accept": "application/xml, text/xml, */*",
-                "Accept-Encoding": "gzip, deflate",
-            },
+            headers=self._headers,
             # A jar whose policy accepts no cookie: nothing a response sets can reach another
             # user's request, even through `client` used directly.
             cookies=httpx.Cookies(CookieJar(DefaultCookiePolicy(allowed_domains=[]))),
@@ -99,7 +108,9 @@ class VastTransport:
         )
 
     def _open_session(self) -> aiohttp.ClientSession:
-        # Called by the transport on its first request, inside the running event loop.
+        # Called on the first request (ours or `client`'s), inside the running event loop.
+        if self._session is not None:
+            return self._session
         if self._policy is not None:
             self._resolver = GuardedResolver(self._policy)
         connector = aiohttp.TCPConnector(
@@ -107,12 +118,15 @@ class VastTransport:
             keepalive_timeout=self._keepalive_expiry,
             resolver=self._resolver,  # None: aiohttp's default
         )
-        return aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             connector=connector,
+            headers=self._headers,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             trust_env=False,
+            timeout=aiohttp.ClientTimeout(),  # none: callers bound every request
         )
+        return self._session
 
     async def get(
         self,
@@ -131,47 +145,61 @@ class VastTransport:
 
     async def _get(self, url: str, cookies: Mapping[str, str] | None, cap: int) -> Fetched:
         cookie = _cookie_header(cookies) if cookies else None
-        origin = None
+        session = self._session or self._open_session()
+        target = self._check(url)
+        origin = _origin(target)
         for _ in range(self.max_redirects + 1):
-            target = self._check(url)
-            if origin is not None and _origin(target) != origin:
-                cookie = None  # the user's cookies stay with the origin they were sent to
-            origin = _origin(target)
-            request = self.client.build_request(
-                "GET", target, headers=None if cookie is None else {"Cookie": cookie}
-            )
             try:
-                response = await self._transport.handle_async_request(request)
-                try:
-                    status = response.status_code
-                    location = response.headers.get("location") if status in _REDIRECTS else None
+                async with session.get(
+                    target,
+                    headers=None if cookie is None else {"Cookie": cookie},
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    headers = response.headers
+                    location = headers.get("Location") if status in _REDIRECTS else None
                     if location is None:
+                        try:
+                            body = await _read(response, headers, cap)
+                        except BaseException:
+                            response.close()  # never back to the pool with a body unread
+                            raise
                         return Fetched(
                             url=str(target),
                             status=status,
-                            body=await _read(response, cap),
-                            cache_control=response.headers.get("cache-control"),
+                            body=body,
+                            cache_control=headers.get("Cache-Control"),
                         )
-                finally:
-                    await response.aclose()
-            except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+            except (aiohttp.ClientError, OSError) as exc:
                 raise _fetch_error(exc, str(target)) from None
             try:
-                url = str(target.join(location))
-            except httpx.InvalidURL:
+                joined = target.join(yarl.URL(location))
+            except (ValueError, TypeError):
                 raise InvalidUrl(f"unusable redirect Location {location!r}") from None
+            target = self._check(joined)
+            if _origin(target) != origin:
+                cookie = None  # the user's cookies stay with the origin they were sent to
+            origin = _origin(target)
         raise TooManyRedirects(f"more than {self.max_redirects} redirects from {url}")
 
-    def _check(self, url: str) -> httpx.URL:
+    def _check(self, url: str | yarl.URL) -> yarl.URL:
+        """`url` parsed as aiohttp will parse it (so that two URL parsers cannot disagree on
+        its host), if it is an absolute http(s) URL the policy lets us reach."""
         try:
-            target = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise InvalidUrl(f"invalid URL {url!r}: {exc}") from None
-        if target.scheme not in ("http", "https") or not target.host:
-            raise InvalidUrl(f"not an absolute http(s) URL: {url!r}")
+            target = url if isinstance(url, yarl.URL) else yarl.URL(url)
+            host = target.raw_host
+        except (ValueError, TypeError) as exc:
+            raise InvalidUrl(f"invalid URL {str(url)!r}: {exc}") from None
+        if target.scheme not in ("http", "https") or not host:
+            raise InvalidUrl(f"not an absolute http(s) URL: {str(url)!r}")
+        if _IPV4_STYLE.fullmatch(host):
+            # Like httpx (and WHATWG), a dotted quad must be a canonical address: the OS would
+            # read `0177.0.0.1` as 127.0.0.1.
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise InvalidUrl(f"invalid IPv4 address {host!r} in {str(url)!r}") from None
         if self._policy is not None:
-            # The host as aiohttp will parse it, so that two URL parsers cannot disagree on it.
-            host = yarl.URL(str(target)).raw_host or ""
             try:
                 self._policy.check_literal_host(host)
             except RefusedAddress as exc:
@@ -179,7 +207,9 @@ class VastTransport:
         return target
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.client.aclose()  # closes the session, through httpx-aiohttp's transport
+        if self._session is not None:
+            await self._session.close()  # idempotent
         if self._resolver is not None:  # a resolver passed in is not the connector's to close
             await self._resolver.close()
 
@@ -195,8 +225,8 @@ class VastTransport:
         await self.aclose()
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host, url.port
+def _origin(url: yarl.URL) -> tuple[str, str | None, int | None]:
+    return url.scheme, url.raw_host, url.port
 
 
 def _cookie_header(cookies: Mapping[str, str]) -> str | None:
@@ -208,10 +238,10 @@ def _cookie_header(cookies: Mapping[str, str]) -> str | None:
     return "; ".join(pairs) or None
 
 
-async def _read(response: httpx.Response, cap: int) -> bytes:
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+async def _read(response: aiohttp.ClientResponse, headers: Mapping[str, str], cap: int) -> bytes:
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("identity", ""):
-        length = response.headers.get("content-length")
+        length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > cap:
             raise ResponseTooLarge(f"Content-Length {length} exceeds the {cap}-byte cap")
         body = _Body(cap)
@@ -219,7 +249,8 @@ async def _read(response: httpx.Response, cap: int) -> bytes:
         body = _InflatedBody(cap)
     else:
         raise DocumentError(f"unsupported Content-Encoding {encoding!r}")
-    async for chunk in response.aiter_raw():
+    content = response.content
+    while chunk := await content.readany():
         body.feed(chunk)
     return body.finish()
 
@@ -245,8 +276,8 @@ class _Body:
 class _InflatedBody(_Body):
     """Decompresses gzip/zlib while collecting, never inflating past the cap.
 
-    httpx's decoders inflate a whole chunk at once, so a 16 KiB chunk of a gzip bomb would
-    become ~16 MiB in memory before any check; here zlib stops one byte past the cap.
+    aiohttp's and httpx's decoders inflate a whole chunk at once, so a 16 KiB chunk of a gzip
+    bomb would become ~16 MiB in memory before any check; here zlib stops one byte past the cap.
     """
 
     def __init__(self, cap: int) -> None:
@@ -270,15 +301,15 @@ class _InflatedBody(_Body):
 def _fetch_error(exc: BaseException, url: str) -> FetchError:
     """Our error for a failure below HTTP, told apart by its root causes.
 
-    httpx-aiohttp maps aiohttp's errors coarsely (a refused connection becomes
-    `ConnectTimeout`), so the causes it chains are what is looked at.
+    aiohttp wraps the errors of its resolver and sockets (a `RefusedAddress` from the guard, a
+    timeout), so the causes it chains are what is looked at.
     """
     for cause in _causes(exc):
         if isinstance(cause, RefusedAddress):
             return BlockedAddress(f"{url}: {cause}")
         if isinstance(cause, TimeoutError):
             return UpstreamTimeout(f"{url}: timed out")
-        if isinstance(cause, (httpx.UnsupportedProtocol, aiohttp.InvalidURL)):
+        if isinstance(cause, aiohttp.InvalidURL):
             return InvalidUrl(f"{url}: {cause}")
     return UpstreamUnavailable(f"{url}: {exc}")
 
