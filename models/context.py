@@ -8,6 +8,7 @@ timestamp is the request's event time, so decisions and macros replay identicall
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 import uuid
@@ -37,21 +38,37 @@ class SessionContext(msgspec.Struct, frozen=True):
 
     @classmethod
     def create(
-        cls, cookies: Mapping[str, str] | None = None, *, timestamp: int | None = None
+        cls,
+        cookies: Mapping[str, str] | None = None,
+        *,
+        timestamp: int | None = None,
+        rng: random.Random | None = None,
     ) -> SessionContext:
         """Make a fresh context for one request.
 
         The wall clock is read here and only here, at the edge: `timestamp` lets a caller that
-        already knows the event time (a replay, a test) supply it instead.
+        already knows the event time (a replay, a test) supply it instead. `rng` draws the ids
+        and the cachebuster from a seeded generator instead of the OS, so that synthetic
+        traffic (the demo's) is the same on every run.
         """
+        if rng is None:
+            correlator, request_uuid = uuid.uuid4(), uuid.uuid4()
+            buster = secrets.randbelow(_CACHEBUSTING_SPAN)
+        else:
+            correlator, request_uuid = _uuid4(rng), _uuid4(rng)
+            buster = rng.randrange(_CACHEBUSTING_SPAN)
         return cls(
             timestamp=time.time_ns() // 1_000_000 if timestamp is None else timestamp,
-            correlator=str(uuid.uuid4()),
-            cachebusting=str(_CACHEBUSTING_LOW + secrets.randbelow(_CACHEBUSTING_SPAN)),
-            request_id=f"req-{uuid.uuid4()}",
+            correlator=str(correlator),
+            cachebusting=str(_CACHEBUSTING_LOW + buster),
+            request_id=f"req-{request_uuid}",
             # A copy: the struct is frozen, and a caller's later edits must not reach it.
             cookies=dict(cookies) if cookies is not None else {},
         )
+
+
+def _uuid4(rng: random.Random) -> uuid.UUID:
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
 
 
 def user_id_of(context: SessionContext) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
 import uuid
@@ -95,3 +96,13 @@ def test_known_users_are_keyed_by_user_id() -> None:
 def test_anonymous_users_are_keyed_by_request_id(cookies: dict[str, str]) -> None:
     context = SessionContext.create(cookies)
     assert user_key(context) == context.request_id
+
+
+def test_a_seeded_rng_makes_contexts_reproducible() -> None:
+    first = [SessionContext.create(timestamp=1, rng=random.Random(5)) for _ in range(2)]
+    assert first[0] == first[1]
+    context = first[0]
+    assert UUID4.fullmatch(context.correlator)
+    assert UUID4.fullmatch(context.request_id.removeprefix("req-"))
+    assert re.fullmatch(r"[1-9][0-9]{7}", context.cachebusting)
+    assert SessionContext.create(timestamp=1, rng=random.Random(6)) != context

@@ -14,7 +14,7 @@ import pytest
 
 from infra.provision import Services
 from models.money import to_micros
-from tests.pipeline.checks import budget_violations, cap_violations, spend_by_campaign
+from streams.invariants import budget_violations, cap_violations, spend_by_campaign
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
 
 REQUESTS = 3000

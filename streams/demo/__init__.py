@@ -1,0 +1,3 @@
+"""`adstream demo`'s parts: a local VAST upstream (`upstream`), the request stream
+(`traffic`), the summary of the decisions (`summary`) and the run that ties them to a worker
+(`run`). The sample campaigns (`campaigns.json`) and VAST documents (`vast/`) ship with it."""

@@ -1,0 +1,341 @@
+"""The demo's summary: from the decisions read back to tables a person can check (pure).
+
+`summarize` counts outcomes, recomputes spend and cap peaks from the served events alone
+(`streams.invariants`) and lists every broken invariant; `render` prints it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import get_args
+
+import msgspec
+
+from models.events import Campaign, DenialReason, FrequencyCap
+from models.money import from_micros
+from streams.decisions import Decision
+from streams.invariants import (
+    DAY_MS,
+    budget_violations,
+    cap_peaks,
+    cap_violations,
+    spend_by_campaign,
+    spend_by_day,
+)
+from streams.state.campaigns import CampaignRules, Cap
+
+DENIAL_REASONS: tuple[str, ...] = get_args(DenialReason)
+
+
+class Expected(msgspec.Struct, frozen=True):
+    """What the publisher sent, i.e. what the decisions must account for."""
+
+    request_ids: frozenset[str]
+    """Valid, distinct requests: exactly one decision each."""
+    resent: int
+    """Duplicates published: none may get a decision of its own."""
+    malformed: int
+    """Messages that must each land in the DLQ."""
+    versions: dict[str, int]
+    """The `campaigns` offset of each campaign loaded: the version its decisions apply."""
+
+
+class SpendRow(msgspec.Struct, frozen=True):
+    campaign_id: str
+    active: bool
+    currency: str
+    cpm: str
+    served: int
+    spent: int
+    """Micros, summed over the served events."""
+    lifetime: int | None
+    busiest_day: int | None
+    """UTC day number (days since 1970-01-01) of the most spend; None before any."""
+    busiest_day_spent: int
+    daily: int | None
+    tables: int | None
+    """The worker's own lifetime spend in micros; None when not asked."""
+
+
+class CapRow(msgspec.Struct, frozen=True):
+    campaign_id: str
+    cap: FrequencyCap
+    peak: int
+    """The most impressions one user got within one window of this cap."""
+    user_id: str | None
+    denied: int
+    """Requests denied naming this cap."""
+
+
+class Summary(msgspec.Struct, frozen=True):
+    requests: int
+    served: int
+    denied: dict[str, int]
+    """By reason, in `DenialReason`'s order, reasons that occurred only."""
+    dead_letters: dict[str, int]
+    """By the reason that starts a dead letter's `error`."""
+    spend: list[SpendRow]
+    caps: list[CapRow]
+    resent: int
+    duplicates: int
+    """Second decisions seen for one request_id (exactly-once: 0)."""
+    violations: list[str]
+    """Every invariant that did not hold, in words; empty when all held."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def dead_letter_reason(letter: Decision) -> str:
+    """`undecodable`, `invalid`, ...: a `DeadLetter`'s error reads `<reason>: <detail>`."""
+    error: str = letter.payload["error"]
+    return error.split(":", 1)[0]
+
+
+def summarize(
+    expected: Expected,
+    decisions: Mapping[str, Decision],
+    duplicates: Sequence[Decision],
+    dead_letters: Sequence[Decision],
+    campaigns: Sequence[Campaign],
+    table_spend: Mapping[str, int] | None = None,
+) -> Summary:
+    """`decisions`: the first per request_id; `table_spend`: lifetime micros per campaign as
+    the worker's tables hold them, to check against the served events."""
+    by_id = {campaign.campaign_id: campaign for campaign in campaigns}
+    mine = [decisions[rid] for rid in expected.request_ids if rid in decisions]
+    served = [decision for decision in mine if decision.topic == "served"]
+    denials = Counter(decision.reason for decision in mine if decision.topic == "denied")
+    violations = _accounting(expected, decisions, duplicates, dead_letters)
+    violations += cap_violations(served, by_id)
+    violations += budget_violations(served, by_id)
+    spend = _spend_rows(served, campaigns, table_spend)
+    violations += [
+        f"{row.campaign_id}: the worker's tables hold {from_micros(row.tables)} spent, "
+        f"the served events {from_micros(row.spent)}"
+        for row in spend
+        if row.tables is not None and row.tables != row.spent
+    ]
+    return Summary(
+        requests=len(expected.request_ids),
+        served=len(served),
+        denied={reason: denials[reason] for reason in DENIAL_REASONS if denials[reason]},
+        dead_letters=dict(sorted(Counter(map(dead_letter_reason, dead_letters)).items())),
+        spend=spend,
+        caps=_cap_rows(served, mine, by_id),
+        resent=expected.resent,
+        duplicates=len(duplicates),
+        violations=violations,
+    )
+
+
+def _accounting(
+    expected: Expected,
+    decisions: Mapping[str, Decision],
+    duplicates: Sequence[Decision],
+    dead_letters: Sequence[Decision],
+) -> list[str]:
+    """Invariants 1 and 4: one decision per valid request, none else, every bad message kept;
+    and every decision made under the campaign configuration loaded for it."""
+    found = []
+    missing = len(expected.request_ids - decisions.keys())
+    if missing:
+        found.append(f"{missing} of {len(expected.request_ids)} requests got no decision")
+    unexpected = len(decisions.keys() - expected.request_ids)
+    if unexpected:
+        found.append(f"{unexpected} decisions for requests that were never sent")
+    if duplicates:
+        found.append(f"{len(duplicates)} extra decisions for requests already decided")
+    if len(dead_letters) != expected.malformed:
+        found.append(
+            f"{len(dead_letters)} dead letters for {expected.malformed} malformed messages"
+        )
+    stale = sum(
+        1
+        for rid in expected.request_ids & decisions.keys()
+        if (payload := decisions[rid].payload)["campaign_id"] in expected.versions
+        and payload["campaign_version"] != expected.versions[payload["campaign_id"]]
+    )
+    if stale:
+        found.append(f"{stale} decisions applied another version of their campaign than loaded")
+    return found
+
+
+def _spend_rows(
+    served: Sequence[Decision],
+    campaigns: Sequence[Campaign],
+    table_spend: Mapping[str, int] | None,
+) -> list[SpendRow]:
+    totals = spend_by_campaign(served)
+    days = spend_by_day(served)
+    served_count = Counter(decision.payload["campaign_id"] for decision in served)
+    rows = []
+    for campaign in campaigns:
+        rules = CampaignRules.from_campaign(campaign, version=0)
+        campaign_days = {
+            day: spent for (cid, day), spent in days.items() if cid == rules.campaign_id
+        }
+        busiest = max(campaign_days, key=lambda day: campaign_days[day], default=None)
+        rows.append(
+            SpendRow(
+                campaign_id=campaign.campaign_id,
+                active=campaign.active,
+                currency=campaign.currency,
+                cpm=campaign.cpm,
+                served=served_count[campaign.campaign_id],
+                spent=totals.get(campaign.campaign_id, 0),
+                lifetime=rules.lifetime_micros,
+                busiest_day=busiest,
+                busiest_day_spent=0 if busiest is None else campaign_days[busiest],
+                daily=rules.daily_micros,
+                tables=None if table_spend is None else table_spend.get(campaign.campaign_id, 0),
+            )
+        )
+    return rows
+
+
+def _cap_rows(
+    served: Sequence[Decision], decided: Sequence[Decision], campaigns: Mapping[str, Campaign]
+) -> list[CapRow]:
+    denied_by = Counter(
+        (decision.payload["campaign_id"], decision.payload["detail"])
+        for decision in decided
+        if decision.reason == "frequency_cap"
+    )
+    return [
+        CapRow(
+            peak.campaign_id,
+            peak.cap,
+            peak.count,
+            peak.user_id,
+            # The worker names the cap in a denial's detail by `Cap.label`.
+            denied_by[(peak.campaign_id, Cap(peak.cap.max, peak.cap.window_s * 1000).label)],
+        )
+        for peak in cap_peaks(served, campaigns)
+    ]
+
+
+# Rendering.
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Collection[int]) -> str:
+    """Columns padded to their widest cell; those in `left` flush left, the others right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            cell.ljust(width) if i in left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  " + "  ".join(padded).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+def _share(part: int, whole: int) -> str:
+    return "-" if not whole else f"{Decimal(part * 100) / whole:.1f}%"
+
+
+def _window(seconds: int) -> str:
+    for unit, size in (("h", 3_600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _day(day: int | None) -> str:
+    if day is None:
+        return "-"
+    return datetime.fromtimestamp(day * DAY_MS // 1000, UTC).date().isoformat()
+
+
+def _budget(spent: int, budget: int | None) -> str:
+    if budget is None:
+        return "-"
+    return f"{from_micros(budget)} ({_share(spent, budget)})"
+
+
+def render(summary: Summary) -> str:
+    decided = summary.served + sum(summary.denied.values())
+    outcomes = [["served", "", f"{summary.served:,}", _share(summary.served, decided)]]
+    outcomes += [
+        ["denied", reason, f"{count:,}", _share(count, decided)]
+        for reason, count in summary.denied.items()
+    ]
+    outcomes.append(["total", "", f"{decided:,}", _share(decided, decided)])
+    spend = [
+        [
+            row.campaign_id + ("" if row.active else " (paused)"),
+            row.currency,
+            row.cpm,
+            f"{row.served:,}",
+            from_micros(row.spent),
+            _budget(row.spent, row.lifetime),
+            _day(row.busiest_day),
+            from_micros(row.busiest_day_spent),
+            _budget(row.busiest_day_spent, row.daily),
+            "-" if row.tables is None else from_micros(row.tables),
+        ]
+        for row in summary.spend
+    ]
+    caps = [
+        [
+            row.campaign_id,
+            f"{row.cap.max} per {_window(row.cap.window_s)}",
+            f"{row.peak}/{row.cap.max}",
+            row.user_id or "-",
+            f"{row.denied:,}",
+            "EXCEEDED" if row.peak > row.cap.max else "ok",
+        ]
+        for row in summary.caps
+    ]
+    letters = ", ".join(f"{reason} {count}" for reason, count in summary.dead_letters.items())
+    sections = [
+        f"decisions: {decided:,} for {summary.requests:,} valid distinct requests "
+        "(read_committed: ad-served, ad-denied)",
+        _table(["outcome", "reason", "count", "share"], outcomes, left={0, 1}),
+        "",
+        f"dead letters (ad-requests-dlq): {sum(summary.dead_letters.values())}"
+        + (f" ({letters})" if letters else ""),
+        f"duplicates: {summary.resent} requests re-sent, {summary.duplicates} decided twice",
+        "",
+        "spend against budget (exact, from the served events; tables: the worker's own)",
+        _table(
+            [
+                "campaign",
+                "cur",
+                "cpm",
+                "served",
+                "spent",
+                "lifetime budget",
+                "busiest UTC day",
+                "spent that day",
+                "daily budget",
+                "tables",
+            ],
+            spend,
+            left={0, 1, 6},
+        ),
+        "",
+        "frequency caps: the most ads one user got in any window of each cap",
+        _table(["campaign", "cap", "peak", "user", "denied", ""], caps, left={0, 1, 3, 5}),
+        "",
+    ]
+    if summary.ok:
+        tables = any(row.tables is not None for row in summary.spend)
+        sections.append(
+            "invariants held: exactly one decision per request, no cap or budget exceeded"
+            + (
+                ",\n  the worker's tables hold exactly the spend of the served events"
+                if tables
+                else ""
+            )
+        )
+    else:
+        sections.append("INVARIANTS BROKEN:")
+        sections.extend(f"  - {violation}" for violation in summary.violations)
+    return "\n".join(sections)
