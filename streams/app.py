@@ -13,6 +13,7 @@ transaction with the offsets of the events that caused it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -150,13 +151,24 @@ def create_worker(
             metrics.table_keys.labels(table=name).set(len(table))
         return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
+    routable = asyncio.Event()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def learn_where_campaigns_live() -> None:
+        # Faust routes a table request by the changelog topic's partitions as its producer
+        # knows them; on a fresh broker it has never asked, and every routed request fails.
+        producer = cast(Any, app.producer)._ensure_producer()
+        await producer.partitions_for(tables.spend.table.changelog_topic.get_topic_name())
+        routable.set()
+
     @app.page("/adstream/ready/")
     async def ready_page(web: Any, request: Any) -> Any:
-        """200 once partitions are assigned and tables restored (for probes and tests)."""
+        """200 once partitions are assigned, tables restored and routes known."""
         ready = (
             not app.rebalancing
             and bool(app.consumer.assignment())
             and cast(Any, app.tables).recovery.completed.is_set()
+            and routable.is_set()
         )
         return web.json({"ready": ready}, status=200 if ready else 503)
 

@@ -73,8 +73,13 @@ class DecisionBook:
         rules: CampaignRules | None,
         impressions: Impressions | None,
         spent: Spend | None,
+        oldest_checkable: int | None = None,
     ) -> Verdict:
-        """The verdict for one request; `impressions` and `spent` are the committed state."""
+        """The verdict for one request; `impressions` and `spent` are the committed state.
+
+        `oldest_checkable`: the earliest event time whose caps the state can still answer
+        for (cap state of other users may have aged out by their partition's newest event
+        time); a capped request before it is refused as late."""
         if rules is None:
             return Deny("campaign_unknown")
         if not rules.active:
@@ -82,6 +87,8 @@ class DecisionBook:
         capped = bool(rules.caps) and user_id is not None
         if rules.caps and user_id is None and not rules.anonymous_allowed:
             return Deny("anonymous")
+        if capped and oldest_checkable is not None and t < oldest_checkable:
+            return Deny("frequency_cap", "late")
         if capped:
             verdict = self._check_caps(rules, user_id, t, impressions or Impressions())
             if verdict is not None:
