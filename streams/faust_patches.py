@@ -25,7 +25,8 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
 5. **Events can be skipped and acked unseen.** A stream drops (and acks) events it fetched
    while its flow was paused or under an older consumer generation, expecting them to be
    fetched again; right after start-up they are not, and a SIGKILL test lost dozens of events
-   this way. `SkippedEvents` checks every hole in a batch's offsets against the log (holes of
+   this way. Faust skips only around start-up and rebalances, so for `SETTLE_S` after each
+   assignment `SkippedEvents` checks every hole in a batch's offsets against the log (holes of
    transaction markers are normal) and hands back, in order, the records Faust dropped.
 6. **Table writes follow `current_event()`.** A table write goes to the changelog partition
    (and RocksDB partition) of the event being processed; in a `take_events` batch that is
@@ -42,6 +43,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -201,6 +204,10 @@ class Committer:
             self._committed.pop(tp, None)
 
 
+SETTLE_S = 30.0
+"""How long after an assignment holes in a partition's offsets are checked against the log."""
+
+
 class SkippedEvents:
     """Finds the events Faust skipped within a partition and gives them back in order."""
 
@@ -208,13 +215,21 @@ class SkippedEvents:
         self.app = app
         self.bootstrap_servers = bootstrap_servers
         self._next: dict[TP, int] = {}
+        self._check_until: dict[TP, float] = {}
         self._reader: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
+        app.on_partitions_assigned.connect(self._assigned)
 
     def forget(self, partitions: Iterable[TP]) -> None:
         """Partitions moved (or were sought back to their committed offsets)."""
         for tp in partitions:
             self._next.pop(tp, None)
+
+    async def _assigned(self, app: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
+        (assigned,) = args
+        self.forget(assigned)
+        until = time.monotonic() + SETTLE_S
+        self._check_until.update(dict.fromkeys(assigned, until))
 
     async def complete(self, events: Sequence[EventT[Any]]) -> list[EventT[Any]]:
         """`events` with whatever Faust skipped before each of them put back in place."""
@@ -222,7 +237,11 @@ class SkippedEvents:
         for event in events:
             message = event.message
             expected = self._expected(message.tp)
-            if expected is not None and message.offset > expected:
+            if (
+                expected is not None
+                and message.offset > expected
+                and time.monotonic() < self._check_until.get(message.tp, math.inf)
+            ):
                 completed += await self._skipped(message.tp, expected, message.offset)
             if expected is None or message.offset >= expected:
                 self._next[message.tp] = message.offset + 1
