@@ -13,10 +13,12 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -39,6 +41,22 @@ class ProcessDied(RuntimeError):
     pass
 
 
+def source_version(repo: Path) -> str | None:
+    """The commit measured (`git describe --always --dirty`), or None outside a git checkout:
+    results are only comparable between runs of the same worker code."""
+    try:
+        described = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return described.stdout.strip() or None
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -46,6 +64,14 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ")".
     return stat.rsplit(")", 1)[1].split()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process: the broker,
+    the harness, the upstream, the contender and anyone else's work)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS_PER_S
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -81,7 +107,8 @@ class MeasuredProcess:
                 start_new_session=True,
             )
         self.started = time.perf_counter()
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []
+        """(time.perf_counter(), the group's CPU seconds, the machine's busy CPU seconds)"""
         self._members = [self.process.pid]
         self._sampler = asyncio.create_task(self._sample())
 
@@ -101,17 +128,24 @@ class MeasuredProcess:
             if now >= rescan_at:
                 self._members = _group_members(self.process.pid) or [self.process.pid]
                 rescan_at = now + GROUP_RESCAN_S
-            self.samples.append((now, self.cpu_s()))
+            self.samples.append((now, self.cpu_s(), machine_busy_s()))
             await asyncio.sleep(CPU_SAMPLE_S)
 
     def cpu_at(self, moment: float) -> float:
         """The CPU time sampled closest to `moment` (a `time.perf_counter()` value)."""
+        return self._nearest(moment)[1]
+
+    def machine_busy_cores(self, start: float, end: float) -> float:
+        """How many cores the whole machine kept busy on average between two moments."""
+        return (self._nearest(end)[2] - self._nearest(start)[2]) / (end - start)
+
+    def _nearest(self, moment: float) -> tuple[float, float, float]:
         times = [sample[0] for sample in self.samples]
         i = bisect.bisect_left(times, moment)
         nearest = min(
             (j for j in (i - 1, i) if 0 <= j < len(times)), key=lambda j: abs(times[j] - moment)
         )
-        return self.samples[nearest][1]
+        return self.samples[nearest]
 
     def check_alive(self) -> None:
         code = self.process.poll()
@@ -140,6 +174,21 @@ class MeasuredProcess:
                 continue
             return outcome
         return "unkillable"
+
+
+async def wait_ready(url: str, process: MeasuredProcess, timeout_s: float) -> float:
+    """Poll `url` until it answers 200; the seconds from the process' start until then."""
+    deadline = time.perf_counter() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            process.check_alive()
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - process.started
+            if time.perf_counter() > deadline:
+                raise ProcessDied(f"{process.name} was not ready within {timeout_s:.0f} s: {url}")
+            await asyncio.sleep(0.1)
 
 
 async def create_topics(bootstrap: str, partitions: Mapping[str, int], compacted: str) -> None:
@@ -230,18 +279,20 @@ class RequestSource:
         await asyncio.gather(*acks)
 
 
-class _RequestId(msgspec.Struct):
+class _Decision(msgspec.Struct):
     request_id: str
+    reason: str | None = None
+    """adstream's `AdDenied` says why."""
 
 
 class DecisionReader:
     """A read_committed consumer of the decision topics, from their beginning.
 
-    It notes when each request_id is first seen; every later sighting is a duplicate, which
-    exactly-once forbids.
+    It notes when each request_id is first seen, and as what (the topic without `prefix`,
+    and a denial's reason); every later sighting is a duplicate, which exactly-once forbids.
     """
 
-    def __init__(self, bootstrap: str, topics: Collection[str]) -> None:
+    def __init__(self, bootstrap: str, topics: Collection[str], prefix: str = "") -> None:
         self.consumer = AIOKafkaConsumer(
             *topics,
             bootstrap_servers=bootstrap,
@@ -252,11 +303,13 @@ class DecisionReader:
             # The reader's own wait must not show up as the contenders' latency.
             fetch_max_wait_ms=5,
         )
+        self.prefix = prefix
         self.seen: dict[str, float] = {}
+        self.outcome: dict[str, str] = {}
         self.duplicates = 0
         self.expected: Collection[str] = frozenset()
         self.matched = 0
-        self._decoder = msgspec.json.Decoder(_RequestId)
+        self._decoder = msgspec.json.Decoder(_Decision)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -268,6 +321,12 @@ class DecisionReader:
         self.expected = request_ids
         self.matched = sum(1 for request_id in request_ids if request_id in self.seen)
 
+    def outcomes(self, request_ids: Iterable[str]) -> dict[str, int]:
+        """How many of `request_ids` were decided as what, e.g. `{"ad-served": 9998,
+        "ad-denied:no_fill": 2}`."""
+        counts = Counter(self.outcome[r] for r in request_ids if r in self.outcome)
+        return dict(sorted(counts.items()))
+
     def check_alive(self) -> None:
         if self._task is not None and self._task.done():
             self._task.result()
@@ -278,11 +337,16 @@ class DecisionReader:
             now = time.perf_counter()
             for records in batches.values():
                 for record in records:
-                    request_id = self._decoder.decode(record.value).request_id
+                    decision = self._decoder.decode(record.value)
+                    request_id = decision.request_id
                     if request_id in self.seen:
                         self.duplicates += 1
                     else:
                         self.seen[request_id] = now
+                        outcome = record.topic.removeprefix(self.prefix)
+                        if decision.reason is not None:
+                            outcome = f"{outcome}:{decision.reason}"
+                        self.outcome[request_id] = outcome
                         if request_id in self.expected:
                             self.matched += 1
 

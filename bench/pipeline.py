@@ -9,14 +9,27 @@ aiohttp server in its own process serving a ~2 KB InLine document on loopback):
 - end-to-end latency p50/p99 at a fixed offered load (--rate requests/s for --seconds): from the
   moment a request is sent to the moment a read_committed consumer reads its decision, plus the
   CPU per decision at that load.
-Every request must get exactly one decision: missing and duplicate decisions are counted.
+Every request must get exactly one decision: missing and duplicate decisions are counted, and
+what each decision was (served, or denied and why) is reported per phase.
 
 Contenders (see `contenders()`): (a) `limit`, a bare transactional aiokafka + aiohttp loop
 (bench/_limit.py); (b) `peer`, one Faust agent per stage with Faust's defaults and httpx
-(bench/_peer.py); (c) `adstream`, `python -m streams.cli worker`, once streams/worker.py exists.
+(bench/_peer.py); (c) `adstream`, `python -m streams.cli worker` (see `contenders()` for its
+settings; it is waited for on its readiness route).
+
+adstream reads its campaigns from the `campaigns` topic: each has a frequency cap and a budget
+that never bind at the benchmark's sizes, so every request costs what it costs in production
+(checks of the cap and both budgets, writes of both tables once served) and is served, so the
+three contenders make the same one GET per request. `bench.commit_sweep` measures adstream's
+latency against its commit interval and fetch wait.
 
 Run:  .venv/bin/python -m bench.pipeline [--requests 20000] [--rate 1000] [--seconds 10]
           [--partitions 4] [--only a,b,c] [--output bench/results/pipeline.json]
+          [--profile PATH_TO_PY_SPY]
+`--profile` samples each contender's throughput phase (from its first visible decision to its
+last) with py-spy and reports where the CPU time goes by library (bench/_profile.py); sampling
+slows the contender a little, so profile in a run of its own, e.g. `--only c --profile
+/path/to/py-spy --output bench/results/pipeline_profile.json`.
 Kafka and Redis come from KAFKA_BOOTSTRAP_SERVERS / REDIS_URL, or are started locally
 (infra.provision). Prints a table and writes bench/results/pipeline.json; contender logs stay in
 a temporary folder whose path is printed.
@@ -26,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -33,7 +47,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +71,29 @@ from bench._harness import (
     RequestSource,
     create_topics,
     percentile,
+    source_version,
     steady_window,
+    wait_ready,
 )
+from bench._profile import PySpy, print_summary
 from bench._upstream import VAST_PATH
 from infra.process import free_port, port_open
 from infra.provision import Services, provide_services
 from models.codec import encode
-from models.events import SCHEMA_VERSION, Campaign
+from models.events import SCHEMA_VERSION, Budget, Campaign, FrequencyCap
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
 VAST_SAMPLE = REPO.parent / "shared" / "reference" / "vast-client-js-samples" / "inline-linear.xml"
 ADSTREAM_WORKER = REPO / "streams" / "worker.py"
+READY_PATH = "/adstream/ready/"
 
 CAMPAIGN_IDS = tuple(f"campaign-{i}" for i in range(8))
 USERS = 10_000
+# Rules that never bind here: 10,000 users x 8 campaigns see a few requests per pair, and a run
+# spends a few hundred USD at most. They make adstream check and write its cap and spend state.
+CAMPAIGN_CAP = FrequencyCap(max=1_000, window_s=3_600)
+CAMPAIGN_BUDGET = Budget(lifetime="1000000.000", daily="1000000.000")
 # Faust needs several seconds to join its group and make its first commit; adstream may also
 # restore tables first.
 STARTUP_TIMEOUT_S = 120.0
@@ -94,7 +117,8 @@ class Contender(msgspec.Struct, frozen=True):
     ADSTREAM_TOPIC_PREFIX, in a scratch working directory; `{prefix}`, `{scratch}` and
     `{partitions}` in the values of `env` become this run's. Before the start it creates every
     topic in `reads` and `writes` (so all have the run's partition count), publishes the
-    campaigns when `campaigns` is among `reads`, and reads decisions from `decisions`.
+    campaigns when `campaigns` is among `reads`, and reads decisions from `decisions`. After
+    the start it waits for `ready_url`, when there is one, to answer 200.
     """
 
     name: str
@@ -103,6 +127,7 @@ class Contender(msgspec.Struct, frozen=True):
     reads: tuple[str, ...] = (REQUESTS,)
     writes: tuple[str, ...] = (SERVED, DENIED)
     decisions: tuple[str, ...] = (SERVED, DENIED)
+    ready_url: str | None = None
 
 
 def contenders(vast_url: str) -> list[Contender]:
@@ -122,22 +147,28 @@ def contenders(vast_url: str) -> list[Contender]:
         ),
     ]
     if ADSTREAM_WORKER.exists():
-        found.append(
-            Contender(
-                "adstream",
-                (sys.executable, "-m", "streams.cli", "worker"),
-                {
-                    "ADSTREAM_WEB_PORT": str(free_port()),
-                    # Its consumer group, internal topics and state are this run's alone.
-                    "ADSTREAM_APP_ID": "{prefix}adstream",
-                    "ADSTREAM_DATA_DIR": "{scratch}",
-                    "ADSTREAM_PARTITIONS": "{partitions}",
-                },
-                reads=(REQUESTS, CAMPAIGNS),
-                writes=(SERVED, DENIED, f"{REQUESTS}-dlq"),
-            )
-        )
+        found.append(adstream_contender())
     return found
+
+
+def adstream_contender(settings: Mapping[str, str] | None = None) -> Contender:
+    """`adstream worker` with its defaults, but for `settings` (ADSTREAM_* variables)."""
+    web_port = free_port()
+    return Contender(
+        "adstream",
+        (sys.executable, "-m", "streams.cli", "worker"),
+        {
+            "ADSTREAM_WEB_PORT": str(web_port),
+            # Its consumer group, internal topics and state are this run's alone.
+            "ADSTREAM_APP_ID": "{prefix}adstream",
+            "ADSTREAM_DATA_DIR": "{scratch}",
+            "ADSTREAM_PARTITIONS": "{partitions}",
+            **(settings or {}),
+        },
+        reads=(REQUESTS, CAMPAIGNS),
+        writes=(SERVED, DENIED, f"{REQUESTS}-dlq"),
+        ready_url=f"http://127.0.0.1:{web_port}{READY_PATH}",
+    )
 
 
 class Options(msgspec.Struct, frozen=True):
@@ -147,6 +178,7 @@ class Options(msgspec.Struct, frozen=True):
     partitions: int
     only: tuple[str, ...]
     output: Path
+    profile: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -159,12 +191,22 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--only", default="a,b,c", help="contenders by letter or name, e.g. a,b or limit"
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="PY_SPY",
+        help="py-spy executable: sample each contender's throughput phase (bench/_profile.py)",
+    )
     args = parser.parse_args(argv)
     only = tuple(LETTERS.get(item.strip(), item.strip()) for item in args.only.split(","))
     unknown = set(only) - set(LETTERS.values())
     if unknown:
         parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
-    return Options(args.requests, args.rate, args.seconds, args.partitions, only, args.output)
+    if args.profile is not None and not args.profile.is_file():
+        parser.error(f"--profile: no py-spy at {args.profile}")
+    return Options(
+        args.requests, args.rate, args.seconds, args.partitions, only, args.output, args.profile
+    )
 
 
 async def start_upstream(work_dir: Path) -> tuple[MeasuredProcess, str]:
@@ -198,6 +240,8 @@ async def publish_campaigns(producer: Any, topic: str, vast_url: str) -> None:
             vast_url=vast_url,
             cpm="2.50",
             currency="USD",
+            budget=CAMPAIGN_BUDGET,
+            frequency_caps=(CAMPAIGN_CAP,),
             anonymous_policy="uncapped",
         )
         await producer.send_and_wait(topic, encode(campaign), key=campaign_id.encode())
@@ -228,6 +272,7 @@ def throughput_result(
         "decisions": len(times),
         "missing": len(request_ids) - len(times),
         "duplicates": reader.duplicates - dups,
+        "outcomes": reader.outcomes(request_ids),
         "decisions_per_s": None,
         "cpu_us_per_decision": None,
     }
@@ -235,6 +280,9 @@ def throughput_result(
         return result
     result["startup_s"] = times[0] - process.started
     result["wall_s"] = times[-1] - process.started
+    # Decisions made visible in each second since the start: a rate that sags shows here.
+    per_second = Counter(int(t - process.started) for t in times)
+    result["visible_per_second"] = [per_second[s] for s in range(max(per_second) + 1)]
     window = steady_window(times)
     if window is None:
         # Too small a run for a steady window: count from the start, start-up included.
@@ -245,6 +293,7 @@ def throughput_result(
     result["window_decisions"] = decided
     result["decisions_per_s"] = decided / (end - start)
     result["cpu_us_per_decision"] = (process.cpu_at(end) - process.cpu_at(start)) / decided * 1e6
+    result["machine_busy_cores"] = process.machine_busy_cores(start, end)
     return result
 
 
@@ -263,6 +312,7 @@ def latency_result(
         "decisions": len(seen),
         "missing": len(sent_at) - len(seen),
         "duplicates": reader.duplicates - dups,
+        "outcomes": reader.outcomes(sent_at),
         "p50_ms": None,
         "p99_ms": None,
     }
@@ -271,72 +321,172 @@ def latency_result(
         result["p50_ms"] = percentile(latencies_ms, 50)
         result["p99_ms"] = percentile(latencies_ms, 99)
         result["max_ms"] = latencies_ms[-1]
+        # Below the offered rate, the contender fell behind and the latency is queueing.
+        result["decided_per_s"] = len(seen) / (end - start)
         result["cpu_us_per_decision"] = (
             (process.cpu_at(end) - process.cpu_at(start)) / len(seen) * 1e6
         )
+        result["machine_busy_cores"] = process.machine_busy_cores(start, end)
     return result
+
+
+class Deployment:
+    """One contender's topics (fresh, named by `prefix`), campaigns, request source and
+    decision reader: what a run needs around the contender's process."""
+
+    def __init__(
+        self, contender: Contender, partitions: int, services: Services, vast_url: str
+    ) -> None:
+        self.contender = contender
+        self.partitions = partitions
+        self.services = services
+        self.vast_url = vast_url
+        self.prefix = f"bench-{contender.name}-{uuid.uuid4().hex[:8]}-"
+        bootstrap = services.kafka_bootstrap_servers
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        self.reader = DecisionReader(
+            bootstrap, [self.prefix + suffix for suffix in contender.decisions], self.prefix
+        )
+        self.source = RequestSource(self.producer, self.prefix + REQUESTS, CAMPAIGN_IDS, USERS)
+
+    async def __aenter__(self) -> Deployment:
+        topics = dict.fromkeys(self.contender.reads + self.contender.writes, self.partitions)
+        await create_topics(
+            self.services.kafka_bootstrap_servers,
+            {self.prefix + suffix: n for suffix, n in topics.items()},
+            self.prefix + CAMPAIGNS,
+        )
+        await self.producer.start()
+        try:
+            await self.reader.start()
+        except BaseException:
+            await self.producer.stop()
+            raise
+        try:
+            if CAMPAIGNS in self.contender.reads:
+                await publish_campaigns(self.producer, self.prefix + CAMPAIGNS, self.vast_url)
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.reader.stop()
+        await self.producer.stop()
+
+    def start(self, work_dir: Path, label: str | None = None) -> MeasuredProcess:
+        """Start the contender in `work_dir/<label>` (a fresh folder), logging to
+        `work_dir/<label>.log`."""
+        label = label or self.contender.name
+        scratch = work_dir / label
+        scratch.mkdir()
+        values = {"prefix": self.prefix, "scratch": scratch, "partitions": self.partitions}
+        env = {
+            **os.environ,
+            **{name: value.format(**values) for name, value in self.contender.env.items()},
+            "KAFKA_BOOTSTRAP_SERVERS": self.services.kafka_bootstrap_servers,
+            "REDIS_URL": self.services.redis_url,
+            PREFIX_ENV: self.prefix,
+            "PYTHONPATH": pythonpath(),
+        }
+        return MeasuredProcess(
+            self.contender.name, self.contender.argv, env, scratch, work_dir / f"{label}.log"
+        )
+
+    async def latency_phase(
+        self, process: MeasuredProcess, rate: float, seconds: float
+    ) -> dict[str, Any]:
+        """`rate` requests/s for `seconds`, then until every decision is seen (or progress
+        stalls): the end-to-end latency of each."""
+        reader = self.reader
+        sent_at: dict[str, float] = {}
+        reader.expect(sent_at)
+        dups = reader.duplicates
+        started = time.perf_counter()
+        await self.source.publish_at_rate(rate, seconds, sent_at)
+        published_s = time.perf_counter() - started
+        await wait_for_decisions(reader, process, len(sent_at), STALL_TIMEOUT_S)
+        return latency_result(reader, process, sent_at, published_s, dups)
+
+
+class Profiler:
+    """py-spy on a contender from its first visible decision on (its start-up left out) until
+    `stop()`; the decisions that became visible meanwhile are counted."""
+
+    def __init__(
+        self, py_spy: Path, process: MeasuredProcess, reader: DecisionReader, output: Path
+    ) -> None:
+        self.reader = reader
+        self.spy: PySpy | None = None
+        self.decided_before = 0
+        self._task = asyncio.create_task(self._start(py_spy, process, output))
+
+    async def _start(self, py_spy: Path, process: MeasuredProcess, output: Path) -> None:
+        # The reader has no event to wait on: it counts as it reads.
+        while not self.reader.matched:
+            process.check_alive()
+            await asyncio.sleep(0.02)
+        self.decided_before = self.reader.matched
+        self.spy = PySpy(py_spy, process.process.pid, output)
+
+    async def stop(self) -> dict[str, Any] | None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self.spy is None:
+            return None
+        decided = self.reader.matched - self.decided_before
+        summary = await asyncio.to_thread(self.spy.stop)
+        if summary is not None:
+            summary["decisions"] = decided
+        return summary
 
 
 async def run_contender(
     contender: Contender, options: Options, services: Services, vast_url: str, work_dir: Path
 ) -> dict[str, Any]:
     """Both phases for one contender, on topics no other run uses."""
-    bootstrap = services.kafka_bootstrap_servers
-    prefix = f"bench-{contender.name}-{uuid.uuid4().hex[:8]}-"
-    topics = dict.fromkeys(contender.reads + contender.writes, options.partitions)
-    await create_topics(
-        bootstrap, {prefix + suffix: n for suffix, n in topics.items()}, prefix + CAMPAIGNS
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    reader = DecisionReader(bootstrap, [prefix + suffix for suffix in contender.decisions])
-    await producer.start()
-    await reader.start()
     process: MeasuredProcess | None = None
-    result: dict[str, Any] = {"topic_prefix": prefix}
-    try:
-        if CAMPAIGNS in contender.reads:
-            await publish_campaigns(producer, prefix + CAMPAIGNS, vast_url)
-        source = RequestSource(producer, prefix + REQUESTS, CAMPAIGN_IDS, USERS)
-        print(f"{contender.name}: publishing {options.requests} requests", flush=True)
-        request_ids = await source.publish(options.requests)
-        reader.expect(frozenset(request_ids))
-        dups = reader.duplicates
-        scratch = work_dir / contender.name
-        scratch.mkdir()
-        env = {
-            **os.environ,
-            **{
-                name: value.format(prefix=prefix, scratch=scratch, partitions=options.partitions)
-                for name, value in contender.env.items()
-            },
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "REDIS_URL": services.redis_url,
-            PREFIX_ENV: prefix,
-            "PYTHONPATH": pythonpath(),
-        }
-        process = MeasuredProcess(
-            contender.name, contender.argv, env, scratch, work_dir / f"{contender.name}.log"
-        )
-        print(f"{contender.name}: started, waiting for {options.requests} decisions", flush=True)
-        await wait_for_decisions(reader, process, len(request_ids), STARTUP_TIMEOUT_S)
-        result["throughput"] = throughput_result(reader, process, request_ids, dups)
+    async with Deployment(contender, options.partitions, services, vast_url) as deployment:
+        reader = deployment.reader
+        result: dict[str, Any] = {"topic_prefix": deployment.prefix}
+        try:
+            print(f"{contender.name}: publishing {options.requests} requests", flush=True)
+            request_ids = await deployment.source.publish(options.requests)
+            reader.expect(frozenset(request_ids))
+            dups = reader.duplicates
+            process = deployment.start(work_dir)
+            print(
+                f"{contender.name}: started, waiting for {options.requests} decisions", flush=True
+            )
+            profiler = None
+            if options.profile is not None:
+                raw = work_dir / f"{contender.name}.pyspy.txt"
+                profiler = Profiler(options.profile, process, reader, raw)
+            try:
+                if contender.ready_url is not None:
+                    result["ready_s"] = await wait_ready(
+                        contender.ready_url, process, STARTUP_TIMEOUT_S
+                    )
+                await wait_for_decisions(reader, process, len(request_ids), STARTUP_TIMEOUT_S)
+            finally:
+                if profiler is not None:
+                    result["profile"] = await profiler.stop()
+            result["throughput"] = throughput_result(reader, process, request_ids, dups)
+            if result.get("profile"):
+                cpu_us = result["throughput"]["cpu_us_per_decision"]
+                print_summary(contender.name, result["profile"], cpu_us)
 
-        print(
-            f"{contender.name}: {options.rate:g} requests/s for {options.seconds:g} s", flush=True
-        )
-        sent_at: dict[str, float] = {}
-        reader.expect(sent_at)
-        dups = reader.duplicates
-        started = time.perf_counter()
-        await source.publish_at_rate(options.rate, options.seconds, sent_at)
-        published_s = time.perf_counter() - started
-        await wait_for_decisions(reader, process, len(sent_at), STALL_TIMEOUT_S)
-        result["latency"] = latency_result(reader, process, sent_at, published_s, dups)
-    finally:
-        if process is not None:
-            result["stopped_by"] = await process.stop(STOP_GRACE_S)
-        await reader.stop()
-        await producer.stop()
+            print(
+                f"{contender.name}: {options.rate:g} requests/s for {options.seconds:g} s",
+                flush=True,
+            )
+            result["latency"] = await deployment.latency_phase(
+                process, options.rate, options.seconds
+            )
+        finally:
+            if process is not None:
+                result["stopped_by"] = await process.stop(STOP_GRACE_S)
     return result
 
 
@@ -353,6 +503,7 @@ async def run_all(options: Options, services: Services, work_dir: Path) -> dict[
                 "cpus": os.cpu_count(),
                 "kafka": services.kafka_source,
                 "vast_bytes": VAST_SAMPLE.stat().st_size,
+                "source": source_version(REPO),
             },
             "contenders": {},
             "skipped": {},
@@ -401,7 +552,8 @@ def print_table(report: dict[str, Any]) -> None:
     def cell(value: float | None, digits: int) -> str:
         return f"{value:>{width},.{digits}f}" if value is not None else f"{'-':>{width}}"
 
-    columns = ("decisions/s", "CPU us/dec", "p50 ms", "p99 ms", "CPU us/dec@r", "missing", "dups")
+    columns = ["decisions/s", "CPU us/dec", "p50 ms", "p99 ms", "CPU us/dec@r", "missing", "dups"]
+    columns.append("busy cores")
     print(f"\n{'':<16}" + "".join(f"{column:>{width}}" for column in columns))
     for name, result in report["contenders"].items():
         if "error" in result:
@@ -417,6 +569,9 @@ def print_table(report: dict[str, Any]) -> None:
             + cell(metric(result, "latency", "cpu_us_per_decision"), 0)
             + f"{throughput['missing'] + latency['missing']:>{width}}"
             + f"{throughput['duplicates'] + latency['duplicates']:>{width}}"
+            # The whole machine's load in the throughput phase, the contender's included: on
+            # a shared machine, more than the run's own processes explain means noise.
+            + cell(metric(result, "throughput", "machine_busy_cores"), 2)
         )
     for pair, values in report["ratios"].items():
         print(
