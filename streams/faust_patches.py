@@ -187,9 +187,10 @@ class Committer:
         )
         self._committed.update(offsets)
         for tp, offset in offsets.items():
-            # Faust's own bookkeeping of acks would otherwise grow without end.
+            # Faust's own bookkeeping of acks and offset gaps would otherwise grow without end.
             consumer._acked[tp].clear()
             consumer._acked_index[tp].clear()
+            consumer._gap[tp].clear()
             consumer._committed_offset[tp] = offset
         return True
 
