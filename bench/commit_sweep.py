@@ -50,6 +50,7 @@ from bench.pipeline import (
     start_upstream,
     wait_for_decisions,
 )
+from infra.process import tail
 from infra.provision import Services, provide_services
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,11 @@ async def run_point(
             deployment.reader.expect(frozenset(warmup))
             await wait_for_decisions(deployment.reader, process, len(warmup), STARTUP_TIMEOUT_S)
             if deployment.reader.matched < len(warmup):
-                raise ProcessDied(f"{label}: the warm-up was not decided ({process.log})")
+                missing = sorted(set(warmup) - set(deployment.reader.seen))
+                raise ProcessDied(
+                    f"{label}: {len(missing)} of {len(warmup)} warm-up requests not decided"
+                    f" ({', '.join(missing[:5])}...); log {process.log}:\n{tail(process.log, 60)}"
+                )
             setting["warmup_outcomes"] = deployment.reader.outcomes(warmup)
             if options.idle > 0:
                 before = process.cpu_s()
