@@ -5,6 +5,7 @@ import click
 from streams.cli.campaigns import campaigns_group
 from streams.cli.demo import demo
 from streams.cli.infra import infra_group
+from streams.cli.publish import publish
 from streams.cli.vast import vast_group
 from streams.cli.worker import worker
 
@@ -20,3 +21,4 @@ main.add_command(infra_group)
 main.add_command(vast_group)
 main.add_command(worker)
 main.add_command(campaigns_group)
+main.add_command(publish)
