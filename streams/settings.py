@@ -44,6 +44,10 @@ class Settings(msgspec.Struct, frozen=True):
     hop_timeout_s: float = 1.0
     chain_timeout_s: float = 2.0
     standby_replicas: int = 0
+    block_private_addresses: bool = False
+    """The SSRF guard: upstream URLs may reach only global addresses (and `allowed_networks`)."""
+    allowed_networks: str = ""
+    """Comma-separated networks the SSRF guard lets through anyway (an internal ad server)."""
     log_level: str = "info"
 
     # The environment variable each field is read from.
@@ -65,6 +69,8 @@ class Settings(msgspec.Struct, frozen=True):
         "hop_timeout_s": "ADSTREAM_HOP_TIMEOUT_S",
         "chain_timeout_s": "ADSTREAM_CHAIN_TIMEOUT_S",
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
+        "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
+        "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",
         "log_level": "ADSTREAM_LOG_LEVEL",
     }
 

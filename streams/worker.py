@@ -38,7 +38,10 @@ def run(settings: Settings) -> None:
         ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
     )
     upstreams = CampaignUpstreams(
-        VastTransport(),
+        VastTransport(
+            block_private_addresses=settings.block_private_addresses,
+            allowed_networks=[n.strip() for n in settings.allowed_networks.split(",") if n.strip()],
+        ),
         hop_timeout=settings.hop_timeout_s,
         chain_timeout=settings.chain_timeout_s,
         retry=RetryPolicy(max_retries=1),

@@ -19,3 +19,13 @@ def test_empty_variables_mean_the_default() -> None:
 def test_bad_value_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="web_port"):
         Settings.from_env({"ADSTREAM_WEB_PORT": "eighty"})
+
+
+def test_the_ssrf_guard_is_set_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {"ADSTREAM_BLOCK_PRIVATE_ADDRESSES": "1", "ADSTREAM_ALLOWED_NETWORKS": "10.0.0.0/8"}
+    )
+    assert settings.block_private_addresses
+    assert settings.allowed_networks == "10.0.0.0/8"
+    assert Settings.from_env(settings.as_env()) == settings
+    assert not Settings().block_private_addresses
