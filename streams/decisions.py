@@ -28,6 +28,9 @@ class Decision:
     payload: dict[str, Any]
     """The event as JSON: `AdServed`, `AdDenied` or `DeadLetter`."""
     offset: int
+    partition: int = -1
+    received_at: float = 0.0
+    """When the reader got it (`time.monotonic()`), for recovery and latency measurements."""
 
     @property
     def reason(self) -> str | None:
@@ -106,10 +109,15 @@ class DecisionReader:
     async def _read(self, consumer: AIOKafkaConsumer, names: dict[str, Output]) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
             for tp, records in batches.items():
                 for record in records:
                     decision = Decision(
-                        names[tp.topic], msgspec.json.decode(record.value), record.offset
+                        names[tp.topic],
+                        msgspec.json.decode(record.value),
+                        record.offset,
+                        tp.partition,
+                        now,
                     )
                     if decision.topic == "dlq":
                         self.dead_letters.append(decision)
