@@ -7,14 +7,17 @@ import asyncio
 import time
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from docs.examples.edge_server import NO_AD, edge_app
 from infra.process import free_port
 from models.codec import decode_request
 from models.context import SessionContext
 from models.events import SCHEMA_VERSION, AdDenied, AdRequest, AdServed
 from streams.admin import ensure_topics
 from streams.edge import DecisionTimeout, EdgePublisher, PublishError
+from streams.settings import Settings
 from streams.topics import Topics
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
 
@@ -116,3 +119,36 @@ async def test_missing_topic_and_unreachable_broker_fail_clearly(
     with pytest.raises(PublishError, match="cannot reach"):
         async with EdgePublisher(f"127.0.0.1:{free_port()}", Topics.named(f"{unique_name}-")):
             pass
+
+
+async def test_the_documented_edge_server_answers_players(
+    deployment: Deployment, ad_url: str
+) -> None:
+    capped = campaign(ad_url, caps=[(1, 86_400)])
+    await deployment.load(capped)
+    settings = Settings(
+        kafka_bootstrap_servers=deployment.bootstrap, topic_prefix=f"{deployment.name}-"
+    )
+    async with TestClient(TestServer(edge_app(settings), host="127.0.0.1")) as player:
+        url = f"/ad?campaign={capped.campaign_id}&placement=home"
+        answers = []
+        for cookies in (
+            {"user_id": "viewer"},
+            {"user_id": "viewer"},
+            {"user_id": "v", "gdpr": "1"},
+        ):
+            player.session.cookie_jar.clear()
+            player.session.cookie_jar.update_cookies(cookies)
+            # A cold worker may miss the player's deadline; the edge then answers without an ad.
+            for _ in range(20):
+                response = await player.get(url)
+                if response.headers.get("X-Ad-Outcome") != "timeout":
+                    break
+            answers.append(
+                (response.status, response.headers.get("X-Ad-Outcome"), await response.text())
+            )
+        missing = await player.get("/ad")
+    assert answers[0][0] == 200 and answers[0][1] is None and "<InLine>" in answers[0][2]
+    assert answers[1] == (200, "denied:frequency_cap", NO_AD)
+    assert answers[2] == (200, "denied:anonymous", NO_AD)
+    assert missing.status == 400
