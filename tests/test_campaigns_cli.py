@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import msgspec
-from aiokafka import AIOKafkaConsumer
 
 from streams.topics import Topics
+from tests.cli import read_topic, run_adstream
 
 CAMPAIGN = {
     "schema": 1,
@@ -37,33 +34,14 @@ anonymous_policy = "uncapped"
 
 
 def load(path: Path, kafka_bootstrap: str, prefix: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    env["ADSTREAM_TOPIC_PREFIX"] = prefix
-    env["ADSTREAM_PARTITIONS"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "campaigns", "load", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    args = ["campaigns", "load", str(path)]
+    env = {"ADSTREAM_PARTITIONS": "1"}
+    return run_adstream(args, kafka_bootstrap=kafka_bootstrap, prefix=prefix, env=env)
 
 
 async def published(kafka_bootstrap: str, topic: str, expect: int) -> list[dict[str, object]]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    values: list[dict[str, object]] = []
-    try:
-        deadline = time.monotonic() + 10
-        while len(values) < expect and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                values += [msgspec.json.decode(r.value or b"") for r in records]
-    finally:
-        await consumer.stop()
-    return values
+    records = await read_topic(kafka_bootstrap, topic, expect, timeout_s=10)
+    return [msgspec.json.decode(r.value or b"") for r in records]
 
 
 async def test_json_and_toml_files_are_published(

@@ -3,53 +3,30 @@ synthetic load, read back from the real broker."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-
-from aiokafka import AIOKafkaConsumer
 
 from models.codec import decode_request, encode
 from streams.admin import ensure_topics
 from streams.topics import Topics
+from tests.cli import read_topic, run_adstream
 from tests.pipeline.harness import BASE_MS, request
 
 
 def publish(
     args: list[str], kafka_bootstrap: str, prefix: str, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    env["ADSTREAM_TOPIC_PREFIX"] = prefix
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "publish", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+    return run_adstream(
+        ["publish", *args], kafka_bootstrap=kafka_bootstrap, prefix=prefix, stdin=stdin
     )
 
 
 async def published(kafka_bootstrap: str, topic: str, count: int) -> list[tuple[bytes, int]]:
-    """The (key, timestamp) of the first `count` records of `topic`."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    found: list[tuple[bytes, int]] = []
-    try:
-        deadline = time.monotonic() + 30
-        while len(found) < count and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    assert record.key is not None and record.value is not None
-                    decode_request(record.value)
-                    found.append((record.key, record.timestamp))
-    finally:
-        await consumer.stop()
-    return found
+    """The (key, timestamp) of the first `count` records of `topic`, each a valid request."""
+    records = await read_topic(kafka_bootstrap, topic, count)
+    for record in records:
+        decode_request(record.value)
+    return [(record.key, record.timestamp) for record in records]
 
 
 async def test_stdin_lines_are_checked_and_the_good_ones_sent(
