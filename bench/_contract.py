@@ -14,6 +14,8 @@ import os
 
 import msgspec
 
+from models.events import AdRequest
+
 PREFIX_ENV = "ADSTREAM_TOPIC_PREFIX"
 VAST_URL_ENV = "BENCH_VAST_URL"
 
@@ -40,6 +42,20 @@ class BenchDecision(msgspec.Struct, frozen=True):
     timestamp: int
     status: int
     vast: str
+
+    @classmethod
+    def of(cls, request: AdRequest, status: int, vast: str) -> BenchDecision:
+        context = request.context
+        return cls(
+            schema=1,
+            request_id=context.request_id,
+            correlator=context.correlator,
+            campaign_id=request.campaign_id,
+            placement_id=request.placement_id,
+            timestamp=context.timestamp,
+            status=status,
+            vast=vast,
+        )
 
 
 class ContenderEnv(msgspec.Struct, frozen=True):

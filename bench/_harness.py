@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
+import logging
 import os
 import random
 import signal
 import statistics
 import subprocess
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra.process import tail
+from infra.provision import Services, provide_services
 from models.codec import encode
 from models.context import SessionContext, user_key
 from models.events import SCHEMA_VERSION, AdRequest
@@ -378,3 +382,23 @@ def percentile(values: Sequence[float], pct: int) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+def run_and_save(
+    name: str,
+    run_all: Callable[[Services, Path], Coroutine[Any, Any, dict[str, Any]]],
+    print_table: Callable[[dict[str, Any]], None],
+    output: Path,
+) -> dict[str, Any]:
+    """Run a benchmark against the services at hand, print its table, save its report."""
+    # Fresh topics answer NotLeader for a moment after their creation: aiokafka retries and
+    # logs each retry, even as an error. What matters is checked anyway: every decision, once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    work_dir = Path(tempfile.mkdtemp(prefix=f"adstream-{name}-"))
+    with provide_services() as services:
+        report = asyncio.run(run_all(services, work_dir))
+    print_table(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nsaved to {output}; logs in {work_dir}")
+    return report

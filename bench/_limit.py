@@ -50,22 +50,12 @@ async def commit(
 ) -> None:
     async with producer.transaction():
         for request, (status, body) in decided:
-            context = request.context
-            decision = BenchDecision(
-                schema=1,
-                request_id=context.request_id,
-                correlator=context.correlator,
-                campaign_id=request.campaign_id,
-                placement_id=request.placement_id,
-                timestamp=context.timestamp,
-                status=status,
-                vast=body,
-            )
+            decision = BenchDecision.of(request, status, body)
             await producer.send(
                 env.topic(decision_suffix(status)),
                 encode(decision),
                 key=request.campaign_id.encode(),
-                timestamp_ms=context.timestamp,
+                timestamp_ms=decision.timestamp,
             )
         await producer.send_offsets_to_transaction(offsets, group_id)
 

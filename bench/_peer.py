@@ -58,21 +58,11 @@ async def decide(stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             request = decode_request(value)
             response = await client.get(env.vast_url)
-            context = request.context
-            decision = BenchDecision(
-                schema=1,
-                request_id=context.request_id,
-                correlator=context.correlator,
-                campaign_id=request.campaign_id,
-                placement_id=request.placement_id,
-                timestamp=context.timestamp,
-                status=response.status_code,
-                vast=response.text,
-            )
+            decision = BenchDecision.of(request, response.status_code, response.text)
             await decision_topics[decision_suffix(response.status_code)].send(
                 key=request.campaign_id.encode(),
                 value=encode(decision),
-                timestamp=context.timestamp / 1000,
+                timestamp=decision.timestamp / 1000,
             )
 
 

@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from bench._harness import ProcessDied, source_version, wait_ready
+from bench._harness import ProcessDied, run_and_save, source_version, wait_ready
 from bench.pipeline import (
     CAMPAIGN_IDS,
     STARTUP_TIMEOUT_S,
@@ -51,7 +48,7 @@ from bench.pipeline import (
     wait_for_decisions,
 )
 from infra.process import tail
-from infra.provision import Services, provide_services
+from infra.provision import Services
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "commit_sweep.json"
@@ -229,14 +226,12 @@ def print_table(report: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; 0 when every point decided every request exactly once."""
     options = parse_args(argv)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    work_dir = Path(tempfile.mkdtemp(prefix="adstream-commit-sweep-"))
-    with provide_services() as services:
-        report = asyncio.run(run_all(options, services, work_dir))
-    print_table(report)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nsaved to {options.output}; worker logs in {work_dir}")
+    report = run_and_save(
+        "commit-sweep",
+        lambda services, work_dir: run_all(options, services, work_dir),
+        print_table,
+        options.output,
+    )
     exact = all(
         "error" not in point and point["missing"] == 0 and point["duplicates"] == 0
         for point in report["points"]
