@@ -36,6 +36,14 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    stays at aiokafka's 100 ms: the first send of a transaction begun right after a commit is
    often refused as retriable by Kafka 4, and each such retry cost a batch 100 ms.
    `tune_clients` sets both.
+8. **Moved tables were never restored.** With transactions, Faust takes a changelog
+   partition's highwater from aiokafka's cached last stable offset, which stays empty until
+   that partition has been fetched: every partition new to a worker had highwater -1, so
+   recovery read nothing, and a worker taking over partitions (scale-out, a crashed peer)
+   decided on empty tables (caps, budgets and dedupe forgotten; `tests/scale`, scenario
+   `scale_out`). A partition it had owned before could crash it with a `ConsistencyError`.
+   `tune_clients` asks the broker instead: a read_committed consumer's end offsets are the
+   last stable offsets.
 """
 
 from __future__ import annotations
@@ -69,6 +77,13 @@ def tune_clients(*, fetch_wait_ms: int, retry_backoff_ms: int) -> None:
         return consumer
 
     thread_class._create_worker_consumer = create_worker_consumer
+
+    async def highwaters(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
+        # Our consumer reads read_committed: its end offsets are the last stable offsets.
+        offsets: Mapping[TP, int] = await self._ensure_consumer().end_offsets(partitions)
+        return offsets
+
+    thread_class._highwaters = highwaters
 
     producer_class: Any = faust_aiokafka.Producer
     producer_settings = _original(producer_class, "_settings_default")
