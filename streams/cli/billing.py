@@ -1,0 +1,129 @@
+"""`adstream billing`: charge every served ad once into a SQLite ledger, and report on it.
+
+`adstream billing --ledger PATH` runs the consumer (settings from the environment: the broker
+and ADSTREAM_TOPIC_PREFIX); `adstream billing report --ledger PATH` prints the totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+
+from streams import logs
+from streams.billing import consumer, report
+from streams.billing.ledger import Ledger, LedgerError
+from streams.settings import Settings
+from streams.topics import Topics
+
+LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group("billing", invoke_without_command=True)
+@click.option("--ledger", "ledger_path", type=LEDGER_PATH, help="The SQLite ledger file.")
+@click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="Exit once the end offsets seen at start are billed (else run until SIGTERM/SIGINT).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Most records per SQLite transaction.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to keep trying to reach Kafka before giving up.",
+)
+@click.pass_context
+def billing_group(
+    ctx: click.Context,
+    ledger_path: Path | None,
+    until_caught_up: bool,
+    batch_size: int,
+    connect_timeout: float,
+) -> None:
+    """Charge every served ad exactly once into the ledger at --ledger.
+
+    Reads ad-served (read_committed) from the offsets stored in the ledger; each batch of
+    charges commits in one SQLite transaction with its offsets. SIGTERM/SIGINT stop after the
+    batch in progress. Progress goes to stderr.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if ledger_path is None:
+        raise click.UsageError("--ledger PATH is required", ctx)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logs.configure(settings.log_level)
+    topic = Topics.named(settings.topic_prefix, settings.app_id).served
+    try:
+        with Ledger.open(ledger_path) as ledger:
+            progress = asyncio.run(
+                _bill(
+                    settings.kafka_bootstrap_servers,
+                    topic,
+                    ledger,
+                    until_caught_up,
+                    batch_size,
+                    connect_timeout,
+                )
+            )
+    except (LedgerError, consumer.BillingError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    state = "caught up" if progress.caught_up else "stopped"
+    click.echo(f"billing {state}: {_progress_line(progress)}", err=True)
+
+
+async def _bill(
+    bootstrap: str,
+    topic: str,
+    ledger: Ledger,
+    until_caught_up: bool,
+    batch_size: int,
+    connect_timeout_s: float,
+) -> consumer.Progress:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return await consumer.run(
+        bootstrap,
+        topic,
+        ledger,
+        stop,
+        until_caught_up=until_caught_up,
+        batch_size=batch_size,
+        connect_timeout_s=connect_timeout_s,
+        on_progress=lambda progress: click.echo(_progress_line(progress), err=True),
+    )
+
+
+def _progress_line(progress: consumer.Progress) -> str:
+    lag = "?" if progress.lag is None else f"{progress.lag:,}"
+    return (
+        f"{progress.charges:,} charges in the ledger ({progress.charged:,} by this run), "
+        f"{progress.duplicates:,} duplicates, {progress.rejected:,} rejected, lag {lag}"
+    )
+
+
+@billing_group.command("report")
+@click.option("--ledger", "ledger_path", type=LEDGER_PATH, required=True, help="The ledger.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def report_command(ledger_path: Path, as_json: bool) -> None:
+    """Totals per campaign and UTC day of event time, and per currency, exact to the micro."""
+    try:
+        with Ledger.open(ledger_path, read_only=True) as ledger:
+            built = report.build(ledger.totals(), ledger.counts())
+    except LedgerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.render_json(built) if as_json else report.render_text(built))
