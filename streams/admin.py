@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -60,6 +60,32 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Part
                 f"{topics.campaigns} has {campaign_partitions}; they must match"
             )
         return Partitions(requests=counts[topics.requests], campaigns=campaign_partitions)
+    finally:
+        await admin.close()
+
+
+async def ensure_changelogs(bootstrap: str, changelogs: Mapping[str, int]) -> None:
+    """Create the tables' changelog topics that are missing, compacted as Faust would, and
+    wait until the cluster's metadata shows them.
+
+    Faust creates missing changelogs itself while it starts, but its partition assignor may
+    run before the new topics show in the consumer's metadata; it then leaves them out of
+    the assignment ("Ignoring missing topic") until the next rebalance, and the worker's
+    table routes answer 503 meanwhile.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = await _partition_counts(admin, list(changelogs))
+        missing = [
+            NewTopic(name, num_partitions=count, replication_factor=1, topic_configs=COMPACTED)
+            for name, count in changelogs.items()
+            if name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        await _created(admin, list(changelogs))
     finally:
         await admin.close()
 

@@ -57,6 +57,21 @@ class RawTable(faust.Table[bytes, bytes]):
         return "raw"
 
 
+TABLE_SOURCES = {
+    "seen": "requests",
+    "campaigns": "campaigns",
+    "frequency": "campaigns",
+    "spend": "campaigns",
+}
+"""Each table by name, and the source topic (requests, or campaigns) it is partitioned like."""
+
+
+def changelog_partitions(app_id: str, *, requests: int, campaigns: int) -> dict[str, int]:
+    """The changelog topic of every table (as Faust names it) and its partition count."""
+    counts = {"requests": requests, "campaigns": campaigns}
+    return {f"{app_id}-{name}-changelog": counts[src] for name, src in TABLE_SOURCES.items()}
+
+
 class TypedTable(Generic[V]):
     """A Faust table of str keys and msgspec values, encoded once at this boundary."""
 

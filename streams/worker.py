@@ -15,12 +15,13 @@ from typing import Any
 import faust
 
 from streams import logs
-from streams.admin import ensure_topics
+from streams.admin import ensure_changelogs, ensure_topics
 from streams.app import create_worker
 from streams.local_state import LocalState
 from streams.lookaside import RedisLookaside
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.tables import changelog_partitions
 from streams.topics import Topics
 from streams.upstreams import CampaignUpstreams
 from streams.vast.retry import RetryPolicy
@@ -37,6 +38,10 @@ def run(settings: Settings) -> None:
     partitions = asyncio.run(
         ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
     )
+    changelogs = changelog_partitions(
+        settings.app_id, requests=partitions.requests, campaigns=partitions.campaigns
+    )
+    asyncio.run(ensure_changelogs(settings.kafka_bootstrap_servers, changelogs))
     upstreams = CampaignUpstreams(
         VastTransport(
             block_private_addresses=settings.block_private_addresses,
