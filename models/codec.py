@@ -47,10 +47,14 @@ def encode(event: msgspec.Struct) -> bytes:
     return _encoder.encode(event)
 
 
-def decode(data: bytes, kind: type[T]) -> T:
-    """Decode one message into `kind`, checking its size, types and schema version."""
-    if len(data) > MAX_EVENT_BYTES:
-        raise InvalidEvent("oversize", f"{len(data)} bytes > {MAX_EVENT_BYTES}")
+def decode(data: bytes, kind: type[T], *, max_bytes: int | None = MAX_EVENT_BYTES) -> T:
+    """Decode one message into `kind`, checking its size, types and schema version.
+
+    `max_bytes=None` for the worker's own outputs: an `AdServed` carries a VAST document,
+    which may be far larger than any request or campaign.
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise InvalidEvent("oversize", f"{len(data)} bytes > {max_bytes}")
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)

@@ -266,6 +266,6 @@ class EdgePublisher:
         if waiter is None or waiter.done():
             return
         try:
-            waiter.set_result(decode(value, self._decision_types[topic]))
+            waiter.set_result(decode(value, self._decision_types[topic], max_bytes=None))
         except InvalidEvent as exc:
             log.warning("decision for %s on %s is invalid: %s", request_id, topic, exc)

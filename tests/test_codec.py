@@ -223,6 +223,12 @@ def test_one_byte_more_is_oversize() -> None:
     assert reason_of(decode_request, padded_request(MAX_EVENT_BYTES + 1)) == "oversize"
 
 
+def test_the_size_cap_can_be_lifted_for_the_workers_own_outputs() -> None:
+    big = padded_request(4 * MAX_EVENT_BYTES)
+    assert len(decode(big, AdRequest, max_bytes=None).params["pad"]) > 3 * MAX_EVENT_BYTES
+    assert reason_of(lambda data: decode(data, AdRequest), big) == "oversize"
+
+
 def test_oversize_is_checked_before_anything_else() -> None:
     junk = b"\xff" * (MAX_EVENT_BYTES + 1)
     assert reason_of(decode_request, junk) == "oversize"
