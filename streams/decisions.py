@@ -46,6 +46,8 @@ class DecisionReader:
     """The first decision of each request_id."""
     duplicates: list[Decision] = field(default_factory=list)
     dead_letters: list[Decision] = field(default_factory=list)
+    keep_fields: tuple[str, ...] | None = None
+    """Keep only these fields of each decision (big runs: a served event carries its VAST)."""
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
@@ -112,9 +114,12 @@ class DecisionReader:
             now = time.monotonic()
             for tp, records in batches.items():
                 for record in records:
+                    payload = msgspec.json.decode(record.value)
+                    if self.keep_fields is not None:
+                        payload = {k: payload.get(k) for k in self.keep_fields}
                     decision = Decision(
                         names[tp.topic],
-                        msgspec.json.decode(record.value),
+                        payload,
                         record.offset,
                         tp.partition,
                         now,
