@@ -34,17 +34,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
+import redis.asyncio as aioredis
+from aiohttp import web
 from aiokafka.partitioner import murmur2
 
+from infra.broker import KafkaBroker
+from infra.redis_server import RedisServer
 from models.codec import encode
 from models.events import AdRequest, Campaign
 from models.money import to_micros
 from streams.decisions import Decision
 from streams.invariants import budget_violations, cap_violations, spend_by_campaign
+from streams.lookaside import CapView, SpendView, cap_key, spend_key
 from streams.worker_process import WorkerProcess
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
-from tests.upstream import VastServer, inline, vast
+from tests.upstream import VastServer, inline, vast, wrapper
 
 # ---------------------------------------------------------------------------------------
 # Sizes, environment, results
@@ -477,8 +483,6 @@ async def deployed(
 
 async def routes(deployment: Deployment) -> dict[str, Any]:
     """Which worker each alive worker believes holds each table partition (diagnostics)."""
-    import httpx
-
     found: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=5) as client:
         for worker in deployment.workers:
@@ -638,6 +642,456 @@ async def bad_input_at_volume(env: Env, size: Size) -> Result:
 
 
 # ---------------------------------------------------------------------------------------
+# 5. Hostile upstreams under load, with the SSRF guard on
+
+CHAIN_TIMEOUT_S = 1.0
+STALL_SLACK_S = 2.5
+"""How far past the chain deadline the longest pause between decisions may run on a busy
+two-core machine (commit interval, batch assembly, scheduling)."""
+
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?>\n<!DOCTYPE VAST [<!ENTITY a "aaaaaaaaaa">'
+    '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+    '<VAST version="4.2"><Ad id="x"><InLine><AdSystem>&c;</AdSystem><AdTitle>&c;</AdTitle>'
+    "<Impression>http://pixels.invalid/i</Impression><Creatives/></InLine></Ad></VAST>"
+)
+
+
+async def endless_body(request: web.Request) -> web.StreamResponse:
+    """A chunked body that never ends (the body cap must cut it)."""
+    response = web.StreamResponse(headers={"Content-Type": "application/xml"})
+    await response.prepare(request)
+    await response.write(b'<VAST version="4.0">')
+    chunk = b"<!--" + b"x" * 65_536 + b"-->"
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        while True:
+            await response.write(chunk)
+    return response
+
+
+def hostile_routes(server: VastServer) -> dict[str, tuple[str, str | None]]:
+    """Upstream URL -> the (outcome, IAB code) a request to it must get."""
+    good = server.add(vast(inline()), name="good.xml")
+    loopback_two = good.replace("127.0.0.1", "127.0.0.2")
+    loop_a = server.add(b"", name="loop-a.xml")
+    loop_b = server.add(vast(wrapper(loop_a)), name="loop-b.xml")
+    server.set(loop_a, vast(wrapper(loop_b)))
+    deep = good
+    for _ in range(7):
+        deep = server.add(vast(wrapper(deep)), name="deep.xml")
+    self_redirect = server.add(b"", status=302, name="self.xml")
+    server.set(self_redirect, b"", status=302, headers={"Location": self_redirect})
+    return {
+        good: ("served", None),
+        server.add(vast(inline()), delay=5, name="slow.xml"): ("upstream_error", "301"),
+        server.add(handler=endless_body, name="endless.xml"): ("upstream_error", "100"),
+        server.add(BILLION_LAUGHS, name="entities.xml"): ("upstream_error", "100"),
+        loop_a: ("upstream_error", "302"),
+        deep: ("upstream_error", "302"),
+        self_redirect: ("upstream_error", "301"),
+        server.add(b"", status=302, headers={"Location": loopback_two}, name="to-lo.xml"): (
+            "upstream_error",
+            "301",
+        ),
+        server.add(
+            b"", status=302, headers={"Location": "http://169.254.169.254/latest/"}, name="ll.xml"
+        ): ("upstream_error", "301"),
+        server.add(vast(wrapper(loopback_two)), name="wrapped-lo.xml"): ("upstream_error", "301"),
+    }
+
+
+async def hostile_upstreams(env: Env, size: Size) -> Result:
+    result = Result(
+        "hostile_upstreams",
+        "slow, endless, entity-laden, looping and SSRF upstreams under load",
+        size.name,
+    )
+    guard = {
+        "ADSTREAM_BLOCK_PRIVATE_ADDRESSES": "1",
+        "ADSTREAM_ALLOWED_NETWORKS": "127.0.0.1/32",  # the test upstream itself
+        "ADSTREAM_CHAIN_TIMEOUT_S": str(CHAIN_TIMEOUT_S),
+        "ADSTREAM_HOP_TIMEOUT_S": str(CHAIN_TIMEOUT_S / 2),
+    }
+    async with deployed(env, "hostile", partitions=4, extra_env=guard) as deployment:
+        routes = hostile_routes(env.vast)
+        expected: dict[str, tuple[str, str | None]] = {}
+        campaigns: dict[str, Campaign] = {}
+        for index, (url, outcome) in enumerate(routes.items()):
+            # Two campaigns on the good upstream: half of all traffic is well-behaved.
+            for copy in range(2 if outcome[0] == "served" else 1):
+                rules = campaign(url, campaign_id=f"h{index}-{copy}-{uuid.uuid4().hex[:6]}")
+                campaigns[rules.campaign_id] = rules
+                expected[rules.campaign_id] = outcome
+        await deployment.load(*campaigns.values())
+        good = [c for c, outcome in expected.items() if outcome[0] == "served"]
+        bad = [c for c in expected if c not in good]
+        rng = random.Random(5)
+        count = size.hostile_requests
+        requests = [
+            request(
+                rng.choice(good if index % 2 else bad),
+                BASE_MS + index * 1000,
+                f"user-{rng.randrange(count // 5 + 1)}",
+            )
+            for index in range(count)
+        ]
+        published: dict[str, float] = {}
+        started = time.monotonic()
+        await publish(deployment, requests, chunk=100, pause_s=0.1, published_at=published)
+        await audit(result, deployment, requests, campaigns, fills=lambda c: c in good)
+        decisions = [deployment.decisions[r.context.request_id] for r in requests]
+        wrong = Counter(
+            (d.payload["campaign_id"][:3], outcome_of(d), d.payload.get("detail"))
+            for d in decisions
+            if (outcome_of(d), d.payload.get("detail")) != expected[d.payload["campaign_id"]]
+        )
+        if wrong:
+            result.fail(f"unexpected outcomes: {dict(wrong.most_common(5))}")
+        latency = {
+            kind: [
+                d.received_at - published[d.payload["request_id"]]
+                for d in decisions
+                if (d.payload["campaign_id"] in good) == (kind == "well_behaved")
+            ]
+            for kind in ("well_behaved", "hostile")
+        }
+        for kind, values in latency.items():
+            result.timings_s[f"{kind}_latency_p50"] = percentile(values, 0.5)
+            result.timings_s[f"{kind}_latency_p99"] = percentile(values, 0.99)
+            result.timings_s[f"{kind}_latency_max"] = percentile(values, 1.0)
+        # The same well-behaved campaigns alone, for comparison: a batch becomes visible when
+        # it commits, and it waits for its slowest upstream (at most the chain deadline).
+        alone = [
+            request(rng.choice(good), BASE_MS + (count + i) * 1000, f"user-{i}")
+            for i in range(count // 4)
+        ]
+        await publish(deployment, alone, chunk=50, pause_s=0.1, published_at=published)
+        await deployment.decided([r.context.request_id for r in alone], 120)
+        values = [
+            deployment.decisions[r.context.request_id].received_at - published[r.context.request_id]
+            for r in alone
+        ]
+        result.timings_s["well_behaved_alone_latency_p50"] = percentile(values, 0.5)
+        result.timings_s["well_behaved_alone_latency_p99"] = percentile(values, 0.99)
+        result.measures["throughput_with_hostile_per_s"] = round(
+            count / (max(d.received_at for d in decisions) - started), 1
+        )
+        stall = longest_stall(decisions, started)
+        result.timings_s["longest_pause_between_decisions"] = stall
+        result.measures["chain_deadline_s"] = CHAIN_TIMEOUT_S
+        result.measures["iab_codes"] = dict(
+            Counter(str(d.payload.get("detail")) for d in decisions if d.topic == "denied")
+        )
+        if stall > CHAIN_TIMEOUT_S + STALL_SLACK_S:
+            result.fail(f"decisions paused {stall} s (chain deadline {CHAIN_TIMEOUT_S} s)")
+        if not all(w.running() for w in deployment.workers):
+            result.fail("a worker stopped")
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Redis absent from the start, started, stopped mid-stream, restarted
+
+
+async def redis_values(url: str, keys: Sequence[str]) -> list[bytes | None]:
+    client = aioredis.Redis.from_url(url)
+    try:
+        values = await client.mget(keys) if keys else []
+        return [v.encode() if isinstance(v, str) else v for v in values]
+    finally:
+        await client.aclose()
+
+
+async def redis_keys(url: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        count: int = await client.dbsize()
+        return count
+    finally:
+        await client.aclose()
+
+
+async def metric(worker: WorkerProcess, name: str) -> float:
+    """The sum of a Prometheus metric's samples on a worker's /metrics page."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(worker.url("/metrics"))).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.split("{")[0].split(" ")[0] == name
+    )
+
+
+async def redis_outage(env: Env, size: Size) -> Result:
+    result = Result(
+        "redis_outage", "Redis absent at start, started, stopped mid-stream, restarted", size.name
+    )
+    server = RedisServer(data_dir=env.root / "redis", log_dir=env.root / "redis-logs")
+    await asyncio.to_thread(server.start)  # only to fix its port: it is down when workers start
+    await asyncio.to_thread(server.stop)
+    try:
+        async with deployed(env, "redis", redis_url=server.url, partitions=4) as deployment:
+            prefix = f"{deployment.name}-"
+            count = size.redis_requests
+            campaigns = campaign_mix(ad_url(env), 4, 4, count // 4, tag="r")
+            await deployment.load(*campaigns.values())
+            requests = workload(random.Random(3), list(campaigns), count, users=count // 30 + 1)
+            quarter = count // 4
+            phases = [requests[i * quarter : (i + 1) * quarter] for i in range(3)]
+            phases.append(requests[3 * quarter :])
+
+            async def decide(part: Sequence[AdRequest]) -> list[Decision]:
+                await publish(deployment, part, chunk=50, pause_s=0.05)
+                return await deployment.decided([r.context.request_id for r in part], 120)
+
+            await decide(phases[0])  # Redis absent from the start
+            await asyncio.to_thread(server.start)
+            started = time.monotonic()
+            second = await decide(phases[1])
+            filled = await cache_filled(server.url, prefix, second, campaigns, timeout_s=15)
+            result.timings_s["redis_started_to_cache_filled"] = round(time.monotonic() - started, 3)
+            if not filled:
+                result.fail("the cache did not fill once Redis was started")
+            result.measures["redis_keys_after_start"] = await redis_keys(server.url)
+
+            publisher = asyncio.create_task(publish(deployment, phases[2], chunk=25, pause_s=0.1))
+            third = {r.context.request_id for r in phases[2]}
+            await deployment.until(
+                lambda: len(third & deployment.decisions.keys()) >= len(third) // 3, 120
+            )
+            await asyncio.to_thread(server.stop)  # mid-stream
+            stopped = time.monotonic()
+            if publisher.done():
+                result.fail("Redis was not stopped mid-stream")
+            await publisher
+            await deployment.decided(third, 120)
+            result.timings_s["decisions_while_down_s"] = round(time.monotonic() - stopped, 3)
+
+            await asyncio.to_thread(server.start)  # back, empty, same port
+            restarted = time.monotonic()
+            last = await decide(phases[3])
+            refilled = await cache_filled(server.url, prefix, last, campaigns, timeout_s=15)
+            result.timings_s["redis_restarted_to_cache_refilled"] = round(
+                time.monotonic() - restarted, 3
+            )
+            if not refilled:
+                result.fail("the cache did not refill after Redis came back")
+            result.measures["redis_keys_after_restart"] = await redis_keys(server.url)
+            result.measures["redis_write_errors"] = await metric(
+                deployment.workers[0], "adstream_redis_errors_total"
+            )
+            await audit(result, deployment, requests, campaigns)
+            if not all(w.running() for w in deployment.workers):
+                result.fail("a worker stopped")
+    finally:
+        await asyncio.to_thread(server.stop)
+    return result
+
+
+async def cache_filled(
+    url: str,
+    prefix: str,
+    decisions: Sequence[Decision],
+    campaigns: Mapping[str, Campaign],
+    timeout_s: float,
+) -> bool:
+    """Whether Redis holds, for every user served in `decisions` by a capped campaign, the
+    cap state with that impression, and every serving campaign's spend (waiting up to
+    `timeout_s`)."""
+    served = [d.payload for d in decisions if d.topic == "served"]
+    caps = {
+        cap_key(prefix, p["campaign_id"], p["user_id"]): p["timestamp"]
+        for p in served
+        if p["user_id"] is not None and campaigns[p["campaign_id"]].frequency_caps
+    }
+    spends = [spend_key(prefix, c) for c in {p["campaign_id"] for p in served}]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cap_values = await redis_values(url, list(caps))
+        spend_values = await redis_values(url, spends)
+        held = all(
+            value is not None and t in msgspec.json.decode(value, type=CapView).times
+            for value, t in zip(cap_values, caps.values(), strict=True)
+        ) and all(
+            value is not None and msgspec.json.decode(value, type=SpendView).lifetime > 0
+            for value in spend_values
+        )
+        if held or time.monotonic() > deadline:
+            return held
+        await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------
+# 2. The broker stopped and started again mid-stream
+
+
+async def broker_restart(env: Env, size: Size) -> Result:
+    result = Result(
+        "broker_restart", "the broker stopped and started again mid-stream (same data)", size.name
+    )
+    broker = KafkaBroker(data_dir=env.root / "kafka", log_dir=env.root / "kafka-logs")
+    await asyncio.to_thread(broker.start)
+    try:
+        bootstrap = broker.bootstrap_servers
+        async with deployed(env, "broker", bootstrap=bootstrap, partitions=4) as deployment:
+            count = size.broker_requests
+            campaigns = campaign_mix(ad_url(env), 4, 4, count // 4, tag="b")
+            await deployment.load(*campaigns.values())
+            requests = workload(random.Random(2), list(campaigns), count, users=count // 30 + 1)
+            publisher = asyncio.create_task(
+                publish(deployment, requests, chunk=max(count // 100, 1), pause_s=0.2)
+            )
+            await deployment.until(lambda: len(deployment.decisions) >= count // 3, 120)
+            result.measures["decided_when_stopped"] = len(deployment.decisions)
+            stopping = time.monotonic()
+            await asyncio.to_thread(broker.stop)
+            stopped = time.monotonic()
+            result.timings_s["broker_stop"] = round(stopped - stopping, 3)
+            await asyncio.sleep(3)  # the workers and clients find nobody there
+            await asyncio.to_thread(broker.start)
+            back = time.monotonic()
+            result.timings_s["broker_down"] = round(back - stopping, 3)
+            decided_when_back = len(deployment.decisions)
+            if decided_when_back >= count:
+                result.fail("the broker was not stopped mid-stream")
+            await deployment.reader.caught_up(60)
+            mark = time.monotonic()
+            first = await first_decision_after(deployment, mark, lambda d: True, 180)
+            if first is None:
+                result.fail("no decision after the broker came back")
+            else:
+                result.timings_s["broker_back_to_first_decision"] = round(first + mark - back, 3)
+            await publisher
+            await audit(result, deployment, requests, campaigns, timeout_s=180)
+            result.timings_s["broker_back_to_all_decided"] = round(
+                max(d.received_at for d in deployment.decisions.values()) - back, 3
+            )
+            alive = sum(w.running() for w in deployment.workers)
+            result.measures["workers_alive"] = alive
+            if alive != len(deployment.workers):
+                result.fail("a worker stopped")
+    finally:
+        await asyncio.to_thread(broker.stop)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Recovery with big state
+
+
+async def decided_at_least(deployment: Deployment, count: int, timeout_s: float) -> bool:
+    return await deployment.until(lambda: len(deployment.decisions) >= count, timeout_s)
+
+
+LEAN_FIELDS = ("request_id", "campaign_id", "user_id", "timestamp", "cost", "reason")
+
+
+async def big_state(env: Env, size: Size) -> Result:
+    result = Result(
+        "big_state",
+        f"{size.state_keys:,} (user, campaign) keys: SIGKILL and restart, RocksDB and memory",
+        size.name,
+    )
+    for store in ("rocksdb", "memory"):
+        await big_state_with(env, size, store, result)
+    return result
+
+
+async def big_state_with(env: Env, size: Size, store: str, result: Result) -> None:
+    keys = size.state_keys
+    deployment = Deployment(
+        env.bootstrap, env.redis_url, env.root / f"state-{store}", partitions=4, store=store
+    )
+    deployment.reader.keep_fields = LEAN_FIELDS
+    try:
+        await deployment.start()
+        worker = deployment.workers[0]
+        rss_empty = rss_bytes(worker.pid)
+        ids = campaign_ids(4, 4, f"s{store[0]}")
+        campaigns = {c: campaign(ad_url(env), campaign_id=c, caps=[(1, 86_400)]) for c in ids}
+        await deployment.load(*campaigns.values())
+        # Every request a new (user, campaign) key, served: one frequency entry each. Made
+        # and published in chunks, so a million of them never sit in memory at once.
+        chunk = 5_000
+        span = 30 * 60_000
+        sample: list[AdRequest] = []
+        started = time.monotonic()
+        for start in range(0, keys, chunk):
+            part = [
+                request(ids[i % 4], BASE_MS + i * span // keys, f"big-{i // 4}")
+                for i in range(start, min(start + chunk, keys))
+            ]
+            sample += part[:: max(keys // 500, 1)]
+            await deployment.publish(*part)
+            # Keep the backlog bounded: the reader holds what it reads, lean as it is.
+            await decided_at_least(deployment, start - 4 * chunk, 600)
+        await deployment.until(lambda: len(deployment.decisions) >= keys, 900)
+        build_s = time.monotonic() - started
+        result.timings_s[f"{store}_build_state"] = round(build_s, 1)
+        result.measures[f"{store}_decisions_per_s"] = round(keys / build_s, 1)
+        served = sum(1 for d in deployment.decisions.values() if d.reason is None)
+        if len(deployment.decisions) != keys or served != keys or deployment.duplicates:
+            result.fail(
+                f"{store}: {len(deployment.decisions)} decisions, {served} served, "
+                f"{len(deployment.duplicates)} duplicates for {keys} requests"
+            )
+        await asyncio.sleep(1)
+        rss_full = rss_bytes(worker.pid)
+        data_dir = deployment.root / "worker-0"
+        result.measures[f"{store}_rss_bytes_per_key"] = round((rss_full - rss_empty) / keys, 1)
+        result.measures[f"{store}_rss_mb"] = round(rss_full / 1e6, 1)
+        if store == "rocksdb":
+            result.measures["rocksdb_disk_bytes_per_key"] = round(disk_bytes(data_dir) / keys, 1)
+
+        # SIGKILL, then a request for every sampled key (a second impression within the
+        # day: capped) and as many new users (served), published before the restart.
+        worker.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        later = BASE_MS + span + 60_000
+        again = [request(r.campaign_id, later + i, r.context.cookies["user_id"])
+                 for i, r in enumerate(sample)]  # fmt: skip
+        fresh = [request(ids[i % 4], later + i, f"fresh-{i}") for i in range(len(sample))]
+        await deployment.publish(*again, *fresh)
+        restarted = await deployment.add_worker(index=0)
+        ready = time.monotonic()
+        mark = ready
+        first = await first_decision_after(
+            deployment, killed, lambda d: d.payload["timestamp"] >= later, 300
+        )
+        decided = await deployment.decided([r.context.request_id for r in again + fresh], 300)
+        result.timings_s[f"{store}_kill_to_ready"] = round(ready - killed, 3)
+        if first is not None:
+            result.timings_s[f"{store}_kill_to_first_decision"] = first
+        result.timings_s[f"{store}_ready_to_all_decided"] = round(
+            max(d.received_at for d in decided) - mark, 3
+        )
+        result.measures[f"{store}_rss_mb_after_restore"] = round(rss_bytes(restarted.pid) / 1e6, 1)
+        wrong_again = sum(1 for d in decided[: len(again)] if d.reason != "frequency_cap")
+        wrong_fresh = sum(1 for d in decided[len(again) :] if d.reason is not None)
+        if wrong_again or wrong_fresh:
+            result.fail(
+                f"{store}: after the restart {wrong_again} of {len(again)} capped keys served "
+                f"again, {wrong_fresh} of {len(fresh)} new users not served"
+            )
+        result.requests += keys + len(again) + len(fresh)
+        result.decisions += len(deployment.decisions)
+        result.duplicates += len(deployment.duplicates)
+        result.lost += keys + len(again) + len(fresh) - len(deployment.decisions)
+        spent = spend_by_campaign(d for d in deployment.decisions.values() if d.reason is None)
+        for campaign_id in campaigns:
+            state = await deployment.state(campaign_id)
+            if (state.spend.lifetime if state.spend else 0) != spent.get(campaign_id, 0):
+                result.spend_mismatches += 1
+                result.fail(f"{store}: {campaign_id} spend in tables differs from served")
+        result.measures[f"{store}_keys"] = keys
+    finally:
+        for worker in deployment.workers:
+            worker.stop(timeout_s=10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(deployment.stop(), 30)
+
+
+# ---------------------------------------------------------------------------------------
 # Registry
 
 Scenario = Callable[[Env, Size], Awaitable[Result]]
@@ -645,6 +1099,10 @@ Scenario = Callable[[Env, Size], Awaitable[Result]]
 SCENARIOS: dict[str, Scenario] = {
     "scale_out": scale_out,
     "bad_input": bad_input_at_volume,
+    "hostile_upstreams": hostile_upstreams,
+    "redis_outage": redis_outage,
+    "broker_restart": broker_restart,
+    "big_state": big_state,
 }
 
 
