@@ -153,7 +153,8 @@ class KafkaBroker:
                 setattr(self, name, free_port())
             ensure_port_free("Kafka", getattr(self, name))
         properties = self._write_properties()
-        if not (self.data_dir / "meta.properties").exists():
+        # The format writes meta.properties into the log directory, not the data directory.
+        if not (self.data_dir / "log" / "meta.properties").exists():
             self._format(jars, properties)
         self._process = ServiceProcess(
             "Kafka",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import KafkaBroker, ensure_jars
+from infra.broker import KafkaBroker, ensure_jars, metadata_answered
 from infra.errors import JarDownloadError, PortInUse, PrerequisiteMissing, ServiceStartError
 from infra.process import pid_alive
 from infra.redis_server import RedisServer
@@ -142,3 +142,17 @@ def test_cluster_id_starting_with_a_dash_formats_and_starts(tmp_path: Path) -> N
     finally:
         broker.stop()
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_broker_restarts_on_its_own_data(tmp_path: Path) -> None:
+    """stop() then start() again: the same ports and data, not a second format."""
+    broker = KafkaBroker(data_dir=tmp_path / "data", log_dir=tmp_path / "logs")
+    broker.start()
+    try:
+        port = broker.port
+        broker.stop()
+        broker.start()
+        assert broker.port == port
+        assert metadata_answered(broker.bootstrap_servers)
+    finally:
+        broker.stop()
