@@ -1,18 +1,39 @@
 """Invariant 2 of DESIGN.md recomputed from the served decisions alone, by brute force, the
 way an auditor replaying `ad-served` would: no (user, campaign) over a cap in any window, no
 campaign over a budget. Money in integer micros; days are UTC days of event time.
+
+Two flavours. `cap_violations` and `budget_violations` hold every decision of a campaign to one
+configuration (what the demo and the pipeline tests loaded). `cap_breaches` and
+`budget_breaches` hold each decision to the configuration it names (`campaign_version`), as
+`adstream audit` does over a history in which campaigns change, and name the request that
+broke a rule.
+
+How the second flavour stays sound without knowing the worker's order of decisions: per
+campaign the worker decides in one stream order, and a campaign's versions (offsets) only grow
+along it. So, of a set of served impressions, the one decided last applied the highest
+`campaign_version` among them, and it was decided knowing all the others (committed, or
+reserved as if served). Hence for any window of a cap (or any set of a campaign's charges) the
+rules of the highest version in it must hold for all of it. `ad-served` is keyed by campaign, so
+a campaign's records sit in one partition in commit order: the prefix up to a record is a set
+of impressions like any other, and the first record whose prefix breaks a rule is the one named.
+With one configuration per campaign this is the plain rule; across updates it flags nothing a
+correct worker could do, and may miss a breach that only an older version's rules forbid.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 
 from models.events import Campaign, FrequencyCap
-from models.money import to_micros
+from models.money import from_micros, to_micros
 from streams.decisions import Decision
+from streams.state.campaigns import CampaignRules
 
 DAY_MS = 86_400_000
 
@@ -109,4 +130,138 @@ def budget_violations(served: Iterable[Decision], campaigns: Mapping[str, Campai
         budget = campaigns[campaign_id].budget
         if budget.daily is not None and total > to_micros(budget.daily):
             found.append(f"{campaign_id}: day {day} spent {total} > {budget.daily}")
+    return found
+
+
+# Each decision held to the configuration it names.
+
+Versions = Mapping[tuple[str, int], CampaignRules]
+"""(campaign_id, campaign_version) -> the rules of that configuration."""
+
+
+class Breach(msgspec.Struct, frozen=True):
+    """A served decision that broke a cap or a budget of the configuration in force."""
+
+    request_id: str
+    kind: Literal["cap_exceeded", "budget_exceeded"]
+    detail: str
+
+
+def _topic_order(served: Iterable[Decision]) -> dict[str, list[Decision]]:
+    """Each campaign's served decisions in the order of `ad-served` (partition, offset)."""
+    by_campaign: defaultdict[str, list[Decision]] = defaultdict(list)
+    for decision in sorted(served, key=lambda d: (d.partition, d.offset)):
+        by_campaign[decision.payload["campaign_id"]].append(decision)
+    return by_campaign
+
+
+def _newest(versions: Versions, campaign_id: str, *named: int | None) -> int | None:
+    """The highest of these versions that names a known configuration."""
+    known = [v for v in named if v is not None and (campaign_id, v) in versions]
+    return max(known, default=None)
+
+
+def cap_breaches(served: Iterable[Decision], versions: Versions) -> list[Breach]:
+    """Served decisions after which some window of a user's impressions holds more than a cap
+    of the newest configuration among them allows. Anonymous impressions count for no one.
+
+    For every window width any configuration of the campaign caps, each window containing the
+    new impression is looked at (those ending at it or at a later impression within a width),
+    and checked against each cap of the newest version in it that is at least as wide.
+    """
+    found = []
+    for campaign_id, decisions in _topic_order(served).items():
+        widths = sorted(
+            {cap.window_ms for (cid, _), rules in versions.items() if cid == campaign_id
+             for cap in rules.caps}
+        )  # fmt: skip
+        if not widths:
+            continue
+        users: defaultdict[str, list[tuple[int, int, int | None]]] = defaultdict(list)
+        for serial, decision in enumerate(decisions):
+            payload = decision.payload
+            if payload["user_id"] is None:
+                continue
+            seen = users[payload["user_id"]]
+            t = payload["timestamp"]
+            insort(seen, (t, serial, payload["campaign_version"]))
+            detail = _window_over_cap(seen, t, widths, versions, campaign_id)
+            if detail is not None:
+                found.append(
+                    Breach(payload["request_id"], "cap_exceeded", f"{payload['user_id']}: {detail}")
+                )
+    return found
+
+
+def _window_over_cap(
+    seen: list[tuple[int, int, int | None]],
+    t: int,
+    widths: list[int],
+    versions: Versions,
+    campaign_id: str,
+) -> str | None:
+    times = [item[0] for item in seen]
+    for width in widths:
+        ends = [t, *times[bisect_right(times, t) : bisect_left(times, t + width)]]
+        for end in ends:
+            first, last = bisect_right(times, end - width), bisect_right(times, end)
+            count = last - first
+            newest = _newest(versions, campaign_id, *(item[2] for item in seen[first:last]))
+            if newest is None:
+                continue
+            for cap in versions[(campaign_id, newest)].caps:
+                if cap.window_ms >= width and count > cap.max:
+                    return (
+                        f"{count} impressions in the {width // 1000}s up to {utc(end)} "
+                        f"> cap {cap.label} of version {newest}"
+                    )
+    return None
+
+
+def utc(t_ms: int) -> str:
+    """An event time as findings show it: `2026-11-27T12:00:00.000Z` (exact to the ms)."""
+    moment = datetime.fromtimestamp(t_ms // 1000, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{t_ms % 1000:03d}Z"
+
+
+def budget_breaches(served: Iterable[Decision], versions: Versions) -> list[Breach]:
+    """Served decisions after which a campaign's spend (lifetime, or that UTC day's) is more
+    than the budget of the newest configuration among the decisions counted."""
+    found = []
+    for campaign_id, decisions in _topic_order(served).items():
+        lifetime, lifetime_version = 0, None
+        days: dict[int, tuple[int, int | None]] = {}
+        for decision in decisions:
+            payload = decision.payload
+            cost, named = to_micros(payload["cost"]), payload["campaign_version"]
+            day = payload["timestamp"] // DAY_MS
+            lifetime += cost
+            lifetime_version = _newest(versions, campaign_id, lifetime_version, named)
+            day_spent, day_version = days.get(day, (0, None))
+            day_spent += cost
+            day_version = _newest(versions, campaign_id, day_version, named)
+            days[day] = (day_spent, day_version)
+            problems = []
+            if lifetime_version is not None:
+                limit = versions[(campaign_id, lifetime_version)].lifetime_micros
+                if limit is not None and lifetime > limit:
+                    problems.append(
+                        f"lifetime spend {from_micros(lifetime)} > budget {from_micros(limit)} "
+                        f"of version {lifetime_version}"
+                    )
+            if day_version is not None:
+                limit = versions[(campaign_id, day_version)].daily_micros
+                if limit is not None and day_spent > limit:
+                    problems.append(
+                        f"spend on {utc(day * DAY_MS)[:10]} {from_micros(day_spent)} > daily "
+                        f"budget {from_micros(limit)} of version {day_version}"
+                    )
+            if problems:
+                found.append(
+                    Breach(
+                        payload["request_id"],
+                        "budget_exceeded",
+                        f"{campaign_id}: " + "; ".join(problems),
+                    )
+                )
     return found

@@ -2,6 +2,7 @@
 
 import click
 
+from streams.cli.audit import audit
 from streams.cli.billing import billing_group
 from streams.cli.campaigns import campaigns_group
 from streams.cli.demo import demo
@@ -24,3 +25,4 @@ main.add_command(worker)
 main.add_command(campaigns_group)
 main.add_command(publish)
 main.add_command(billing_group)
+main.add_command(audit)

@@ -1,0 +1,227 @@
+"""Building histories for the audit's tests: events, their records, and a reference worker.
+
+`History` is a deployment's topics as lists of records (campaigns and served in one partition
+each, so offsets are list positions). `Simulator` writes into one the history a correct worker
+would: one decision at a time in stream order, with the worker's own rules
+(`streams.decide.DecisionBook`, `streams.state`), so the audit must find nothing in it. It
+differs from the worker in one way, on purpose: it remembers every impression of an identified
+user, also those served while the campaign had no cap (DESIGN.md: "fewer than `max`
+impressions of that user for that campaign"), and never forgets one; the worker records
+impressions only under a capped configuration and drops them by the caps then in force, so a
+cap added or widened later misses them (`test_verify.py`, `test_a_cap_added_later_...`).
+The Kafka tests write the same events to real topics instead.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from models.codec import encode
+from models.context import user_id_of, user_key
+from models.events import AdDenied, AdRequest, AdServed, Campaign, DenialReason
+from models.money import from_micros
+from streams.audit.findings import Record, Summary, TopicKind
+from streams.audit.verify import Audit, Auditor
+from streams.audit.window import Window
+from streams.decide import DecisionBook, Deny
+from streams.stages.decide import copied_from
+from streams.state import spend
+from streams.state.campaigns import CampaignRules
+from streams.state.frequency import Impressions
+from streams.state.spend import Spend
+from streams.vast.result import ResolvedAd
+from tests.pipeline.harness import campaign, request
+
+__all__ = ["AD", "History", "Simulator", "campaign", "denied", "request", "served"]
+
+AD = ResolvedAd(
+    id="ad-1",
+    sequence=None,
+    ad_system="audit-tests",
+    ad_title="an ad",
+    impressions=("https://track.example/imp",),
+    errors=(),
+    creatives=(),
+    vast="<VAST version='4.2'/>",
+)
+URL = "https://ads.example/vast"
+
+
+def served(
+    ad_request: AdRequest,
+    rules: CampaignRules,
+    *,
+    cost: str | None = None,
+    currency: str | None = None,
+    version: int | None = None,
+) -> AdServed:
+    return AdServed(
+        **copied_from(ad_request),
+        cost=from_micros(rules.cost_micros) if cost is None else cost,
+        currency=rules.currency if currency is None else currency,
+        ad=AD,
+        vast=AD.vast,
+        chain=(),
+        campaign_version=rules.version if version is None else version,
+    )
+
+
+def denied(
+    ad_request: AdRequest,
+    reason: DenialReason,
+    version: int | None,
+    detail: str | None = None,
+) -> AdDenied:
+    return AdDenied(
+        **copied_from(ad_request), reason=reason, detail=detail, campaign_version=version
+    )
+
+
+Entry = tuple[TopicKind, bytes | None, bytes | None, int, int]
+"""(topic, key, value, timestamp, partition)."""
+
+
+@dataclass
+class History:
+    """Topics as record lists, in the order written."""
+
+    log: list[Entry] = field(default_factory=list)
+
+    def _append(
+        self, kind: TopicKind, key: bytes | None, value: bytes | None, t: int, p: int
+    ) -> int:
+        offset = sum(1 for e in self.log if e[0] == kind and e[4] == p)
+        self.log.append((kind, key, value, t, p))
+        return offset
+
+    def campaign(self, config: Campaign, key: str | None = None) -> CampaignRules:
+        offset = self._append(
+            "campaigns", (key or config.campaign_id).encode(), encode(config), 0, 0
+        )
+        return CampaignRules.from_campaign(config, offset)
+
+    def delete(self, campaign_id: str) -> int:
+        return self._append("campaigns", campaign_id.encode(), None, 0, 0)
+
+    def raw_campaign(self, key: str, value: bytes) -> int:
+        return self._append("campaigns", key.encode(), value, 0, 0)
+
+    def request(self, ad_request: AdRequest, partition: int = 0) -> None:
+        context = ad_request.context
+        self._append(
+            "requests", user_key(context).encode(), encode(ad_request), context.timestamp, partition
+        )
+
+    def raw_request(self, value: bytes | None, timestamp: int, partition: int = 0) -> None:
+        self._append("requests", b"raw", value, timestamp, partition)
+
+    def decision(self, event: AdServed | AdDenied) -> None:
+        kind: TopicKind = "served" if isinstance(event, AdServed) else "denied"
+        self._append(kind, event.campaign_id.encode(), encode(event), event.timestamp, 0)
+
+    def records(self) -> Iterable[tuple[TopicKind, Record]]:
+        offsets: dict[tuple[str, int], int] = {}
+        for kind, key, value, t, partition in self.log:
+            offset = offsets.get((kind, partition), 0)
+            offsets[(kind, partition)] = offset + 1
+            yield kind, Record(partition, offset, t, key, value)
+
+    def audit(self, window: Window | None = None) -> Audit:
+        auditor = Auditor(window)
+        for kind, record in self.records():
+            auditor.add(kind, record)
+        return auditor.finish()
+
+    def summary(self, window: Window | None = None) -> Summary:
+        return self.audit(window).summary
+
+    def replace(self, old: AdServed | AdDenied, new: AdServed | AdDenied | None) -> None:
+        """Put `new` where `old` was written (or drop it), as a forger would."""
+        old_kind: TopicKind = "served" if isinstance(old, AdServed) else "denied"
+        index = next(i for i, e in enumerate(self.log) if e[0] == old_kind and e[2] == encode(old))
+        if new is None:
+            del self.log[index]
+            return
+        kind: TopicKind = "served" if isinstance(new, AdServed) else "denied"
+        self.log[index] = (kind, new.campaign_id.encode(), encode(new), new.timestamp, 0)
+
+
+Outcome = Literal["served", "no_fill"]
+
+
+class Simulator:
+    """A correct worker deciding one request at a time into a `History`."""
+
+    def __init__(self, history: History | None = None) -> None:
+        self.history = history or History()
+        self.rules: dict[str, CampaignRules] = {}
+        self.impressions: dict[tuple[str, str], Impressions] = {}
+        self.spent: dict[str, Spend] = {}
+        self.seen: set[str] = set()
+        self.decisions: list[AdServed | AdDenied] = []
+        self.versions: dict[tuple[str, int], CampaignRules] = {}
+        self.requests: dict[str, AdRequest] = {}
+
+    def load(self, config: Campaign) -> CampaignRules:
+        rules = self.history.campaign(config)
+        self.rules[config.campaign_id] = rules
+        self.versions[(config.campaign_id, rules.version)] = rules
+        return rules
+
+    def delete(self, campaign_id: str) -> None:
+        self.history.delete(campaign_id)
+        self.rules.pop(campaign_id, None)
+
+    def decide(
+        self, ad_request: AdRequest, outcome: Outcome = "served"
+    ) -> AdServed | AdDenied | None:
+        self.history.request(ad_request)
+        context = ad_request.context
+        if context.request_id in self.seen:
+            return None
+        self.seen.add(context.request_id)
+        self.requests[context.request_id] = ad_request
+        rules = self.rules.get(ad_request.campaign_id)
+        user_id = user_id_of(context)
+        key = (ad_request.campaign_id, user_id or "")
+        verdict = DecisionBook().evaluate(
+            request_id=context.request_id,
+            user_id=user_id,
+            t=context.timestamp,
+            rules=rules,
+            impressions=self.impressions.get(key),
+            spent=self.spent.get(ad_request.campaign_id),
+        )
+        event: AdServed | AdDenied
+        if isinstance(verdict, Deny):
+            version = None if rules is None else rules.version
+            event = denied(ad_request, verdict.reason, version, verdict.detail)
+        else:
+            assert rules is not None
+            if outcome == "no_fill":
+                event = denied(ad_request, "no_fill", rules.version, "303")
+            else:
+                if user_id is not None:
+                    insort(self.impressions.setdefault(key, Impressions()).times, context.timestamp)
+                spent = self.spent.setdefault(ad_request.campaign_id, Spend())
+                spend.charge(spent, rules.cost_micros, context.timestamp)
+                event = served(ad_request, rules)
+        self.history.decision(event)
+        self.decisions.append(event)
+        return event
+
+
+def kinds_of(summary: Summary, request_id: str) -> set[str]:
+    return {v.kind for v in summary.violations if v.request_id == request_id}
+
+
+def with_fields(event: AdServed | AdDenied, **changes: object) -> AdServed | AdDenied:
+    return msgspec.structs.replace(event, **changes)
+
+
+__all__ += ["URL", "kinds_of", "with_fields"]
