@@ -14,6 +14,8 @@ transaction with the offsets of the events that caused it.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -40,6 +42,12 @@ from streams.state.frequency import Impressions
 from streams.state.spend import Spend
 from streams.tables import RawTable, Tables, frequency_key
 from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+STAGE_FAILED_EXIT = 70
+"""The worker's exit status when a stage fails mid-batch (e.g. the broker went away while a
+batch's outputs were in flight): a supervisor restarts it, as after a crash."""
 
 JSON = "application/json"
 # aiohttp takes the charset separately, so Prometheus' own constant (which names it) won't do.
@@ -132,8 +140,18 @@ def create_worker(
         )
         async for taken in batches:
             async with committer.batch():
-                events = await skipped.complete(taken)
-                await handle(events)
+                try:
+                    events = await skipped.complete(taken)
+                    await handle(events)
+                except Exception:
+                    # The batch's outputs may sit half sent in open transactions and its table
+                    # writes are in local state, so no commit may follow, and a stage that
+                    # stops must not leave a worker that looks alive. Leave as after a SIGKILL:
+                    # the broker aborts the transactions, and a restarted worker restores the
+                    # tables from their changelogs and processes the batch again.
+                    log.critical("a stage failed mid-batch: the worker exits", exc_info=True)
+                    logging.shutdown()
+                    os._exit(STAGE_FAILED_EXIT)
                 for event in events:
                     committer.finished(event.message.tp, event.message.offset)
 
