@@ -154,7 +154,7 @@ async def run_demo(bootstrap: str, redis_url: str, options: DemoOptions, work_di
             click.echo(_keep_running(settings, worker, upstream, path, campaigns[0]))
             await _until_stopped()
         else:
-            click.echo(_next_steps(upstream))
+            click.echo(_next_steps(upstream, settings))
         return summary
     finally:
         await _stop(worker)
@@ -303,11 +303,18 @@ def _shown(path: Path) -> str:
     return str(path)
 
 
-def _next_steps(upstream: DemoUpstream) -> str:
+def _next_steps(upstream: DemoUpstream, settings: Settings) -> str:
+    prefix = settings.topic_prefix
     return "\n".join(
         [
             "",
             "what to run next:",
+            "  # bill and audit this run (with a broker that outlives the demo:",
+            '  # eval "$(adstream infra up)" before `adstream demo`)',
+            f"  export ADSTREAM_TOPIC_PREFIX={prefix}",
+            "  adstream billing --ledger billing.db --until-caught-up",
+            "  adstream billing report --ledger billing.db",
+            "  adstream audit --ledger billing.db",
             "  # the same, then everything stays up to explore until Ctrl-C",
             "  adstream demo --keep-running",
             "  # one tag through its wrapper chain (while a demo's upstream runs)",

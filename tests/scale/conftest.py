@@ -14,13 +14,17 @@ from tests.upstream import VastServer
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Full-size scenarios run only when asked for by `-m full`."""
-    if "full" in (config.getoption("markexpr", "") or ""):
-        return
-    skip = pytest.mark.skip(reason="full size: run with `pytest tests/scale -m full`")
-    for item in items:
-        if "full" in item.keywords:
-            item.add_marker(skip)
+    """Full-size scenarios run only when asked for by `-m full`, unstable ones by
+    `-m unstable` (both: `-m "full and unstable"`)."""
+    chosen = config.getoption("markexpr", "") or ""
+    for marker, how in (("full", "-m full"), ("unstable", "-m unstable")):
+        if marker in chosen:
+            continue
+        for item in items:
+            found = item.get_closest_marker(marker)
+            if found is not None:
+                reason = found.kwargs.get("reason", "full size")
+                item.add_marker(pytest.mark.skip(reason=f"{reason}: run with `{how}`"))
 
 
 @pytest.fixture
