@@ -118,3 +118,14 @@ def decode_campaign(data: bytes) -> Campaign:
     if not campaign.vast_url.startswith(("http://", "https://")):
         raise InvalidEvent("invalid", f"vast_url {campaign.vast_url[:80]!r} is not http(s)")
     return campaign
+
+
+def decode_campaign_record(key: str, value: bytes) -> Campaign:
+    """The `Campaign` of a `campaigns` record, which must be keyed by its own campaign_id
+    (compaction keeps the last record per key: another key would outlive its update)."""
+    campaign = decode_campaign(value)
+    if campaign.campaign_id != key:
+        raise InvalidEvent(
+            "invalid", f"key {key!r} is not the campaign_id {campaign.campaign_id!r}"
+        )
+    return campaign

@@ -2,7 +2,7 @@
 
 A version is the offset of a `Campaign` record in `campaigns` (in the partition its
 campaign_id key hashes to). The worker puts a record in force only if it is valid
-(`models.codec.decode_campaign`) and its key is its campaign_id; a null value deletes the
+(`models.codec.decode_campaign_record`) and its key is its campaign_id; a null value deletes the
 campaign. The same rules decide here which offsets are configurations at all, and
 `CampaignRules` (the worker's own form of a configuration) is what decisions are checked
 against.
@@ -19,7 +19,7 @@ from typing import Literal
 
 import msgspec
 
-from models.codec import InvalidEvent, decode_campaign
+from models.codec import InvalidEvent, decode_campaign_record
 from streams.audit.findings import Record
 from streams.state.campaigns import CampaignRules
 
@@ -53,12 +53,7 @@ class ConfigHistory:
             self._deletions[key].append(record.offset)
             return
         try:
-            campaign = decode_campaign(record.value)
-            if campaign.campaign_id != key:
-                # The worker keeps such a record out (streams/stages/decide.py).
-                raise InvalidEvent(
-                    "invalid", f"key {key!r} is not the campaign_id {campaign.campaign_id!r}"
-                )
+            campaign = decode_campaign_record(key, record.value)
         except InvalidEvent as exc:
             self._entries[position] = _Entry(key, "invalid", problem=str(exc))
             return

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import msgspec
 from faust.types import EventT
 
-from models.codec import InvalidEvent, decode, decode_campaign, encode
+from models.codec import InvalidEvent, decode, decode_campaign_record, encode
 from models.context import user_id_of
 from models.events import SCHEMA_VERSION, AdDenied, AdRequest, AdServed, DenialReason
 from models.money import from_micros
@@ -151,11 +151,7 @@ class Decider:
             log.info("campaign %s deleted at offset %d", key, message.offset)
             return
         try:
-            campaign = decode_campaign(message.value)
-            if campaign.campaign_id != key:
-                raise InvalidEvent(
-                    "invalid", f"key {key!r} is not the campaign_id {campaign.campaign_id!r}"
-                )
+            campaign = decode_campaign_record(key, message.value)
         except InvalidEvent as exc:
             self.metrics.dead_letters.labels(reason=exc.reason).inc()
             log.warning("invalid campaign at offset %d kept out: %s", message.offset, exc)
