@@ -13,6 +13,8 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    first outputs were already committed (compare #606).
 3. **Buffered changelog writes can miss their transaction.** Table writes go through the
    producer's buffer, which Faust flushes before a commit only *without* transactions.
+   adstream's tables (`streams.tables.TypedTable`) send their changelog records themselves,
+   through `TransactionalSender`; the commit still flushes Faust's buffer for anything else.
 4. **Offsets after a restart may never commit.** Faust finds the offset to commit by looking
    for consecutive acked offsets; transaction markers leave holes in a partition's offsets,
    and after a restart a hole next to the committed offset stalls that partition's commits
@@ -30,7 +32,8 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    transaction markers are normal) and hands back, in order, the records Faust dropped.
 6. **Table writes follow `current_event()`.** A table write goes to the changelog partition
    (and RocksDB partition) of the event being processed; in a `take_events` batch that is
-   whichever event came last. `event_context` names the right event for each write.
+   whichever event came last. `event_context` names the right event for each store access,
+   and `TypedTable` writes name their event explicitly.
 7. **`fetch_max_wait_ms` is hard-coded to 1500 ms**, which alone costs p50 ~200 ms of latency
    at moderate rates (DESIGN.md, "Performance facts"), and the producers' `retry_backoff_ms`
    stays at aiokafka's 100 ms: the first send of a transaction begun right after a commit is
@@ -354,10 +357,17 @@ class TransactionalSender:
         return producer
 
     async def send(
-        self, source: TP, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int
+        self,
+        source: TP,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        partition: int | None = None,
     ) -> asyncio.Future[Any]:
-        """Queue one record; the returned future resolves once the broker has it."""
+        """Queue one record (to `partition`, or the key's); the returned future resolves once
+        the broker has it."""
         future: asyncio.Future[Any] = await self.producer_for(source).send(
-            topic, value=value, key=key, timestamp_ms=timestamp_ms
+            topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms
         )
         return future

@@ -124,14 +124,18 @@ class Decider:
                 else:
                     await batch.decide(event)
         await batch.finish(list(batch.pending))
-        for partition, event in last_of_partition.items():
-            with event_context(event):
-                self._expire(partition)
+        for last in last_of_partition.values():
+            with event_context(last):
+                self._expire(last)
+        for table in (self.tables.campaigns, self.tables.frequency, self.tables.spend):
+            await table.flush(self.outputs)
         await self.outputs.delivered()
         if self.lookaside is not None and (batch.changes.caps or batch.changes.spend):
             self.lookaside.write(batch.changes)
 
-    def _expire(self, partition: int) -> None:
+    def _expire(self, last: EventT[Any]) -> None:
+        """Drop the cap state of `last`'s partition that has aged out of every window."""
+        partition = last.message.partition
         watermark = self.expiry.watermark(partition)
         for key in self.expiry.due(partition):
             entry = self.tables.frequency.get(key)
@@ -139,7 +143,7 @@ class Decider:
                 continue
             expires_at = self._expires_at(key, entry)
             if watermark is not None and expires_at <= watermark:
-                self.tables.frequency.delete(key)
+                self.tables.frequency.delete(key, last)
             else:  # renewed since it was indexed
                 self.expiry.add(partition, key, expires_at)
 
@@ -147,7 +151,7 @@ class Decider:
         message = event.message
         key = (message.key or b"").decode(errors="replace")
         if message.value is None:
-            self.tables.campaigns.delete(key)
+            self.tables.campaigns.delete(key, event)
             log.info("campaign %s deleted at offset %d", key, message.offset)
             return
         try:
@@ -158,7 +162,7 @@ class Decider:
             await self.outputs.dead_letter(event, str(exc))
             return
         rules = CampaignRules.from_campaign(campaign, version=message.offset)
-        self.tables.campaigns.set(campaign.campaign_id, rules)
+        self.tables.campaigns.set(campaign.campaign_id, rules, event)
         log.info("campaign %s version %d in force", campaign.campaign_id, message.offset)
 
     async def deny(
@@ -318,7 +322,7 @@ class _Batch:
             key = frequency_key(rules.campaign_id, reservation.user_id)
             entry = tables.frequency.get(key) or CapEntry(Impressions(), event.message.partition)
             frequency.record(entry.impressions, reservation.t, rules.longest_window_ms)
-            tables.frequency.set(key, entry)
+            tables.frequency.set(key, entry, event)
             self.decider.expiry.add(
                 entry.partition,
                 key,
@@ -327,5 +331,5 @@ class _Batch:
             self.changes.caps[key] = (entry.impressions, rules)
         spent = tables.spend.get(rules.campaign_id) or Spend()
         spend.charge(spent, reservation.cost, reservation.t)
-        tables.spend.set(rules.campaign_id, spent)
+        tables.spend.set(rules.campaign_id, spent, event)
         self.changes.spend[rules.campaign_id] = (spent, rules)

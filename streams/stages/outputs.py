@@ -26,9 +26,18 @@ class Outputs:
         self._pending: list[asyncio.Future[Any]] = []
 
     async def send(
-        self, source: EventT[Any], topic: str, key: bytes | None, value: bytes, timestamp_ms: int
+        self,
+        source: EventT[Any],
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        partition: int | None = None,
     ) -> None:
-        future = await self.sender.send(source.message.tp, topic, key, value, timestamp_ms)
+        """Send one record in `source`'s transaction, to `partition` or the key's."""
+        future = await self.sender.send(
+            source.message.tp, topic, key, value, timestamp_ms, partition
+        )
         self._pending.append(future)
 
     async def dead_letter(self, source: EventT[Any], error: str) -> None:

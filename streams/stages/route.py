@@ -55,9 +55,9 @@ class Router:
                 await self._route(event)
             last_of_partition[event.message.partition] = event
         for partition, event in last_of_partition.items():
-            with event_context(event):
-                for request_id in self.expiry.due(partition):
-                    self.seen.delete(request_id)
+            for request_id in self.expiry.due(partition):
+                self.seen.delete(request_id, event)
+        await self.seen.flush(self.outputs)
         await self.outputs.delivered()
 
     async def _route(self, event: EventT[Any]) -> None:
@@ -82,7 +82,7 @@ class Router:
             )
             return
         partition = message.partition
-        self.seen.set(context.request_id, SeenRequest(context.timestamp, partition))
+        self.seen.set(context.request_id, SeenRequest(context.timestamp, partition), event)
         self.expiry.add(partition, context.request_id, context.timestamp + DEDUPE_WINDOW_MS)
         self.expiry.observe(partition, context.timestamp)
         await self.outputs.send(
