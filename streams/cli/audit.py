@@ -96,7 +96,8 @@ def audit(
         raise AuditFailed(f"no ledger at {ledger_path}")
     settings = Settings.from_env()
     topics = Topics.named(settings.topic_prefix)
-    auditor = Auditor(window)
+    # Caps wider than the workers' impression history are held to what they keep.
+    auditor = Auditor(window, history_ms=settings.impression_history_s * 1000)
     progress = _Progress(sys.stderr)
     try:
         replayed = asyncio.run(
