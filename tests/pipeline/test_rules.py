@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from models.money import to_micros
+from streams.lookaside import LookasideClient
 from tests.pipeline.harness import BASE_MS, DAY_MS, Decision, Deployment, campaign, request
 from tests.upstream import VastServer, inline, vast
 
@@ -216,7 +217,8 @@ async def test_cap_state_aged_out_by_another_users_event_time_cannot_serve_a_lat
     deployment: Deployment, ad_url: str
 ) -> None:
     # One campaign partition carries every user: Bob, hours ahead in event time, moves its
-    # watermark and Alice's cap state ages out. Alice's next request, in order for her, is
+    # watermark, and cap state ages out by it (Alice's only after the impression history,
+    # but the worker cannot tell whose did). Alice's next request, in order for her, is
     # more than the allowed lateness behind the partition: refused as late, never served.
     rules = campaign(ad_url, caps=[(2, 1800)])
     await deployment.load(rules)
@@ -248,6 +250,16 @@ async def test_a_cap_added_later_counts_impressions_served_uncapped(
     assert outcomes(await deployment.decided(await deployment.publish(*served))) == ["served"] * 3
     capped = campaign(ad_url, campaign_id=uncapped.campaign_id, caps=[(2, 3600)])
     (version,) = await deployment.load(capped)
+    # An edge asking before any capped impression: Redis holds no view of Ann (none is
+    # written for an uncapped campaign), the worker's route answers from every impression.
+    edge = LookasideClient(
+        deployment.redis_url, deployment.alive_worker().url(""), prefix=f"{deployment.name}-"
+    )
+    try:
+        assert await edge.is_capped(uncapped.campaign_id, "ann", t + 10 * MINUTE)
+        assert not await edge.is_capped(uncapped.campaign_id, "ben", t + 10 * MINUTE)
+    finally:
+        await edge.aclose()
     later = [
         request(uncapped.campaign_id, t + 10 * MINUTE, "ann"),  # two already: refused
         request(uncapped.campaign_id, t + 11 * MINUTE, "ben"),  # one: served, ...
