@@ -84,7 +84,9 @@ def audit(
     caps and budgets are rebuilt from every served decision since the beginning (served
     ones after --to included), and requests are read from 48 h before --from to recognise
     re-sent ones. With --ledger, every served decision in the window must be charged there
-    once at the same cost, and nothing else.
+    once at the same cost, and nothing else. A cap whose window is longer than the workers'
+    impression history (ADSTREAM_IMPRESSION_HISTORY_S, read like theirs) is held to the last
+    history's worth of its window, all a worker is sure to count.
 
     Exits 1 when any violation is found, 2 when the audit cannot run.
     """
