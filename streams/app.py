@@ -115,7 +115,15 @@ def create_worker(
     skipped = SkippedEvents(app, settings.kafka_bootstrap_servers)
     committer = Committer(app, transactions, skipped)
     router = Router(Outputs(sender, topics.dlq), tables.seen, topics.by_campaign, metrics)
-    decider = Decider(Outputs(sender, topics.dlq), tables, topics, resolver, metrics, lookaside)
+    decider = Decider(
+        Outputs(sender, topics.dlq),
+        tables,
+        topics,
+        resolver,
+        metrics,
+        lookaside,
+        history_ms=settings.impression_history_s * 1000,
+    )
 
     def raw_topic(*names: str) -> Any:
         return app.topic(

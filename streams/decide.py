@@ -51,15 +51,28 @@ class Reservation:
     user_id: str | None
     t: int
     cost: int
-    capped: bool
-    """Whether it holds a cap slot (false for uncapped campaigns and anonymous users)."""
+    keep_ms: int
+    """How much impression history the campaign keeps (`frequency.kept_ms`) under the rules
+    it was reserved by; a served one of an identified user is recorded with it."""
+
+    @property
+    def recorded(self) -> bool:
+        """Whether it counts for its user's caps once served: every impression of an
+        identified user does, capped campaign or not (a cap added later counts it)."""
+        return self.user_id is not None
 
 
 class DecisionBook:
     """The reservations pending in one worker; `evaluate` weighs a request against them."""
 
-    def __init__(self) -> None:
+    def __init__(self, history_ms: int = frequency.DEFAULT_HISTORY_MS) -> None:
         self._pending: dict[str, Reservation] = {}
+        self.history_ms = history_ms
+        """The impression history horizon (`ADSTREAM_IMPRESSION_HISTORY_S`)."""
+
+    def keep_ms(self, rules: CampaignRules) -> int:
+        """How much impression history a campaign with these rules keeps."""
+        return frequency.kept_ms(rules.longest_window_ms, self.history_ms)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -103,17 +116,19 @@ class DecisionBook:
         cap = frequency.blocking_cap(impressions.times, rules.caps, t)
         if cap is not None:
             return Deny("frequency_cap", cap.label)
+        # Every pending one of this user counts, even one reserved before the campaign had
+        # caps: served, it is recorded like any impression.
         mine = [
             r
             for r in self._pending.values()
-            if r.capped and r.campaign_id == rules.campaign_id and r.user_id == user_id
+            if r.recorded and r.campaign_id == rules.campaign_id and r.user_id == user_id
         ]
         if mine:
             # As if every pending one were served: their later times may also push the horizon
             # past t's windows, which one-at-a-time decisions would refuse as late.
             with_pending = Impressions(list(impressions.times), impressions.horizon)
             for r in mine:
-                frequency.record(with_pending, r.t, rules.longest_window_ms)
+                frequency.record(with_pending, r.t, r.keep_ms)
             if frequency.is_late(with_pending, rules.caps, t) or (
                 frequency.blocking_cap(with_pending.times, rules.caps, t) is not None
             ):

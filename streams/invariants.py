@@ -18,6 +18,12 @@ a campaign's records sit in one partition in commit order: the prefix up to a re
 of impressions like any other, and the first record whose prefix breaks a rule is the one named.
 With one configuration per campaign this is the plain rule; across updates it flags nothing a
 correct worker could do, and may miss a breach that only an older version's rules forbid.
+
+A worker keeps each user's impressions for its impression history (`ADSTREAM_IMPRESSION_HISTORY_S`)
+or the longest window of the campaign's caps if that is longer, so a window longer than the
+history counts only the history's worth of what was served before its cap was added or
+lengthened. Given that history, `cap_breaches` holds such a cap to the part of its window the
+worker is sure to have counted: the last `history_ms` of it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import msgspec
 from models.events import Campaign, FrequencyCap
 from models.money import from_micros, to_micros
 from streams.decisions import Decision
-from streams.state.campaigns import CampaignRules
+from streams.state.campaigns import CampaignRules, Cap
 
 DAY_MS = 86_400_000
 
@@ -161,19 +167,22 @@ def _newest(versions: Versions, campaign_id: str, *named: int | None) -> int | N
     return max(known, default=None)
 
 
-def cap_breaches(served: Iterable[Decision], versions: Versions) -> list[Breach]:
+def cap_breaches(
+    served: Iterable[Decision], versions: Versions, history_ms: int | None = None
+) -> list[Breach]:
     """Served decisions after which some window of a user's impressions holds more than a cap
     of the newest configuration among them allows. Anonymous impressions count for no one.
 
     For every window width any configuration of the campaign caps, each window containing the
     new impression is looked at (those ending at it or at a later impression within a width),
-    and checked against each cap of the newest version in it that is at least as wide.
+    and checked against each cap of the newest version in it that is at least as wide. With
+    `history_ms` (the worker's impression history), a cap's window is cut to that width.
     """
     found = []
     for campaign_id, decisions in _topic_order(served).items():
         widths = sorted(
-            {cap.window_ms for (cid, _), rules in versions.items() if cid == campaign_id
-             for cap in rules.caps}
+            {_width(cap, history_ms) for (cid, _), rules in versions.items()
+             if cid == campaign_id for cap in rules.caps}
         )  # fmt: skip
         if not widths:
             continue
@@ -185,7 +194,7 @@ def cap_breaches(served: Iterable[Decision], versions: Versions) -> list[Breach]
             seen = users[payload["user_id"]]
             t = payload["timestamp"]
             insort(seen, (t, serial, payload["campaign_version"]))
-            detail = _window_over_cap(seen, t, widths, versions, campaign_id)
+            detail = _window_over_cap(seen, t, widths, versions, campaign_id, history_ms)
             if detail is not None:
                 found.append(
                     Breach(payload["request_id"], "cap_exceeded", f"{payload['user_id']}: {detail}")
@@ -199,6 +208,7 @@ def _window_over_cap(
     widths: list[int],
     versions: Versions,
     campaign_id: str,
+    history_ms: int | None,
 ) -> str | None:
     times = [item[0] for item in seen]
     for width in widths:
@@ -210,12 +220,17 @@ def _window_over_cap(
             if newest is None:
                 continue
             for cap in versions[(campaign_id, newest)].caps:
-                if cap.window_ms >= width and count > cap.max:
+                if _width(cap, history_ms) >= width and count > cap.max:
                     return (
                         f"{count} impressions in the {width // 1000}s up to {utc(end)} "
                         f"> cap {cap.label} of version {newest}"
                     )
     return None
+
+
+def _width(cap: Cap, history_ms: int | None) -> int:
+    """The part of a cap's window a worker keeping `history_ms` is sure to count."""
+    return cap.window_ms if history_ms is None else min(cap.window_ms, history_ms)
 
 
 def utc(t_ms: int) -> str:

@@ -5,6 +5,12 @@ Keys (all with a TTL, so Redis never fills up):
     <prefix>adstream:cap:<campaign_id>:<user_id>   -> `CapView`    (TTL: longest window + 1 h)
     <prefix>adstream:spend:<campaign_id>           -> `SpendView`  (TTL: 2 days)
 
+Cap views are written when a capped campaign serves. The worker records impressions of
+uncapped campaigns too (a cap added later counts them) but writes no view of them: after an
+update adds a cap, an edge misses in Redis and the worker's route answers from everything
+recorded. A view carries the caps in force when it was written, so one written before an
+update answers by the old caps until the user's next impression or its TTL.
+
 The worker's writes are pipelined, coalesced and best effort: Redis being slow or down never
 delays or changes a decision. An edge asks `LookasideClient` whether a user is capped or a
 campaign exhausted; on a Redis miss (or Redis down) it asks the worker that owns the campaign

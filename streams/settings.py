@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
 DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "localhost:9092"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_WEB_PORT = 6066
+DEFAULT_IMPRESSION_HISTORY_S = 7 * 86_400
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -48,6 +49,12 @@ class Settings(msgspec.Struct, frozen=True):
     """The SSRF guard: upstream URLs may reach only global addresses (and `allowed_networks`)."""
     allowed_networks: str = ""
     """Comma-separated networks the SSRF guard lets through anyway (an internal ad server)."""
+    impression_history_s: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_IMPRESSION_HISTORY_S
+    """How long (event time) every served impression of an identified user is kept for its
+    (user, campaign), whatever the campaign's caps: a cap added or a window lengthened by a
+    later update counts what was served within it. A campaign's longest cap window, if
+    longer, is kept instead; a window longer than this counts only this much of what was
+    served before the cap was added or lengthened."""
     log_level: str = "info"
 
     # The environment variable each field is read from.
@@ -71,6 +78,7 @@ class Settings(msgspec.Struct, frozen=True):
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
         "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",
+        "impression_history_s": "ADSTREAM_IMPRESSION_HISTORY_S",
         "log_level": "ADSTREAM_LOG_LEVEL",
     }
 

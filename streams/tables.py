@@ -7,6 +7,9 @@
 | frequency   | campaign_id + user_id     | `CapEntry`        | by campaign        |
 | spend       | campaign_id               | `Spend`           | by campaign        |
 
+`frequency` holds the served impression times of every identified user for every campaign,
+capped or not, for the impression history (`streams.state.frequency`).
+
 Every value that can expire carries the partition it lives in, so that the expiry index can be
 rebuilt from a restored table (`streams.state.expiry`).
 """

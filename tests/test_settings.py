@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from streams.settings import Settings
+from streams.state import frequency
 
 
 def test_environment_overrides_defaults() -> None:
@@ -29,3 +30,14 @@ def test_the_ssrf_guard_is_set_from_the_environment() -> None:
     assert settings.allowed_networks == "10.0.0.0/8"
     assert Settings.from_env(settings.as_env()) == settings
     assert not Settings().block_private_addresses
+
+
+def test_the_impression_history_is_set_in_whole_seconds_of_at_least_one() -> None:
+    assert Settings().impression_history_s == 7 * 86_400
+    assert Settings().impression_history_s * 1000 == frequency.DEFAULT_HISTORY_MS
+    settings = Settings.from_env({"ADSTREAM_IMPRESSION_HISTORY_S": "3600"})
+    assert settings.impression_history_s == 3600
+    assert Settings.from_env(settings.as_env()) == settings
+    for bad in ("0", "-1", "1.5", "a week"):
+        with pytest.raises(ValueError, match="impression_history_s"):
+            Settings.from_env({"ADSTREAM_IMPRESSION_HISTORY_S": bad})

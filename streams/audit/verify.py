@@ -88,8 +88,12 @@ class Audit:
 
 
 class Auditor:
-    def __init__(self, window: Window | None = None) -> None:
+    def __init__(self, window: Window | None = None, *, history_ms: int | None = None) -> None:
+        """`history_ms`: the workers' impression history (`ADSTREAM_IMPRESSION_HISTORY_S`);
+        a cap whose window is longer is held to the last `history_ms` of it, all the worker
+        is sure to have counted (`streams.invariants.cap_breaches`). None: whole windows."""
         self.window = window or Window()
+        self.history_ms = history_ms
         self.configs = ConfigHistory()
         self.records: Counter[str] = Counter()
         self._requests: defaultdict[str, list[_Request]] = defaultdict(list)
@@ -218,7 +222,7 @@ class _Verification:
                 self._check(decision)
         inside = {d.payload["request_id"] for d in served if d.payload["timestamp"] in self.window}
         for breach in [
-            *cap_breaches(served, self.configs.versions),
+            *cap_breaches(served, self.configs.versions, auditor.history_ms),
             *budget_breaches(served, self.configs.versions),
         ]:
             if breach.request_id in inside:

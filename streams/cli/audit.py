@@ -84,7 +84,9 @@ def audit(
     caps and budgets are rebuilt from every served decision since the beginning (served
     ones after --to included), and requests are read from 48 h before --from to recognise
     re-sent ones. With --ledger, every served decision in the window must be charged there
-    once at the same cost, and nothing else.
+    once at the same cost, and nothing else. A cap whose window is longer than the workers'
+    impression history (ADSTREAM_IMPRESSION_HISTORY_S, read like theirs) is held to the last
+    history's worth of its window, all a worker is sure to count.
 
     Exits 1 when any violation is found, 2 when the audit cannot run.
     """
@@ -96,7 +98,8 @@ def audit(
         raise AuditFailed(f"no ledger at {ledger_path}")
     settings = Settings.from_env()
     topics = Topics.named(settings.topic_prefix)
-    auditor = Auditor(window)
+    # Caps wider than the workers' impression history are held to what they keep.
+    auditor = Auditor(window, history_ms=settings.impression_history_s * 1000)
     progress = _Progress(sys.stderr)
     try:
         replayed = asyncio.run(

@@ -93,7 +93,12 @@ class Decider:
         resolver: Resolver,
         metrics: Metrics,
         lookaside: Lookaside | None = None,
+        *,
+        history_ms: int = frequency.DEFAULT_HISTORY_MS,
     ) -> None:
+        self.history_ms = history_ms
+        """The impression history horizon (`ADSTREAM_IMPRESSION_HISTORY_S`): every served
+        impression of an identified user is kept at least this long in event time."""
         self.outputs = outputs
         self.tables = tables
         self.topics = topics
@@ -111,7 +116,7 @@ class Decider:
     def _expires_at(self, key: str, entry: CapEntry) -> int:
         rules = self.tables.campaigns.get(key.split("\x1f", 1)[0])
         longest = rules.longest_window_ms if rules else 0
-        return frequency.expires_at(entry.impressions, longest)
+        return frequency.expires_at(entry.impressions, frequency.kept_ms(longest, self.history_ms))
 
     async def handle(self, events: Sequence[EventT[Any]]) -> None:
         batch = _Batch(self, time.perf_counter())
@@ -235,7 +240,7 @@ class _Batch:
     def __init__(self, decider: Decider, started: float) -> None:
         self.decider = decider
         self.started = started
-        self.book = DecisionBook()
+        self.book = DecisionBook(decider.history_ms)
         self.pending: dict[str, _Pending] = {}
         self.changes = StateChanges()
 
@@ -258,6 +263,7 @@ class _Batch:
         while True:
             entry = None
             if rules is not None and rules.caps and user_id is not None:
+                # Uncapped campaigns record impressions too, but read none.
                 entry = tables.frequency.get(frequency_key(rules.campaign_id, user_id))
             verdict = self.book.evaluate(
                 request_id=context.request_id,
@@ -285,7 +291,7 @@ class _Batch:
                 user_id=user_id,
                 t=t,
                 cost=verdict.cost,
-                capped=bool(rules.caps) and user_id is not None,
+                keep_ms=self.book.keep_ms(rules),
             )
         )
         task = asyncio.create_task(decider.resolve(rules, request))
@@ -318,17 +324,18 @@ class _Batch:
 
     def _commit(self, event: EventT[Any], reservation: Reservation, rules: CampaignRules) -> None:
         tables = self.decider.tables
-        if reservation.capped and reservation.user_id is not None:
+        # Every impression of an identified user, capped campaign or not: a cap added or a
+        # window lengthened by a later update counts what was served before it.
+        if reservation.recorded and reservation.user_id is not None:
             key = frequency_key(rules.campaign_id, reservation.user_id)
             entry = tables.frequency.get(key) or CapEntry(Impressions(), event.message.partition)
-            frequency.record(entry.impressions, reservation.t, rules.longest_window_ms)
+            frequency.record(entry.impressions, reservation.t, reservation.keep_ms)
             tables.frequency.set(key, entry, event)
             self.decider.expiry.add(
-                entry.partition,
-                key,
-                frequency.expires_at(entry.impressions, rules.longest_window_ms),
+                entry.partition, key, frequency.expires_at(entry.impressions, reservation.keep_ms)
             )
-            self.changes.caps[key] = (entry.impressions, rules)
+            if rules.caps:  # the lookaside answers for capped campaigns only
+                self.changes.caps[key] = (entry.impressions, rules)
         spent = tables.spend.get(rules.campaign_id) or Spend()
         spend.charge(spent, reservation.cost, reservation.t)
         tables.spend.set(rules.campaign_id, spent, event)

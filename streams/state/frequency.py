@@ -6,10 +6,23 @@ keep every *later* window that contains t within its cap: we check every window 
 [t, t + window), which for in-order requests is exactly the rule above and never lets a cap be
 exceeded for late ones.
 
-The impression list keeps only what some future check can still see: times older than the
-longest window (plus `ALLOWED_LATENESS_MS` for late requests) before the newest impression are
-dropped, and `horizon` remembers how far. A request whose windows reach behind the horizon
-cannot be checked exactly, so it is refused (`late`) rather than risk the cap.
+Every served impression of an identified user is recorded, whether or not its campaign has
+caps: a cap added (or a window lengthened) by a later campaign update counts the impressions
+served before it (DESIGN.md: every served impression counts). The list keeps what a check can
+still see: `kept_ms(longest window, history)` of event time, the impression history horizon
+(the worker's `ADSTREAM_IMPRESSION_HISTORY_S`) or the campaign's longest window if that is
+longer, plus `ALLOWED_LATENESS_MS` for late requests, before the newest impression. Older
+times are dropped, and `horizon` remembers how far.
+
+So a window no longer than the history is always exact. A window longer than the history
+counts what is kept: everything once the cap has been in force for its whole window, but
+only the history's worth of impressions served before the cap was added or lengthened.
+
+A request more than the allowed lateness behind the newest impression whose windows reach
+behind the horizon cannot be checked exactly, so it is refused (`late`) rather than risk the
+cap. Within the allowed lateness a request is never refused as late: with the caps unchanged
+its windows miss nothing dropped, and a window reaching further back than was kept (a cap
+added or lengthened since) counts what is kept.
 """
 
 from __future__ import annotations
@@ -23,6 +36,14 @@ from streams.state.campaigns import Cap
 
 ALLOWED_LATENESS_MS = 3_600_000
 """How far behind the newest impression a request may be and still be checked exactly."""
+
+DEFAULT_HISTORY_MS = 7 * 86_400_000
+"""The impression history horizon a worker keeps unless told otherwise (7 days)."""
+
+
+def kept_ms(longest_window_ms: int, history_ms: int) -> int:
+    """How much event time of impressions (before the newest) is kept, lateness aside."""
+    return max(longest_window_ms, history_ms)
 
 
 class Impressions(msgspec.Struct):
@@ -53,15 +74,20 @@ def blocking_cap(times: Sequence[int], caps: Iterable[Cap], t: int) -> Cap | Non
 
 
 def is_late(impressions: Impressions, caps: Sequence[Cap], t: int) -> bool:
-    """True when a window of `t` reaches behind what has been dropped."""
+    """True when `t` is more than the allowed lateness behind the newest impression and a
+    window of `t` reaches behind what has been dropped."""
+    if impressions.horizon <= 0:
+        return False
+    newest = impressions.times[-1] if impressions.times else impressions.horizon
     longest = max((cap.window_ms for cap in caps), default=0)
-    return impressions.horizon > 0 and t - longest < impressions.horizon
+    return t < newest - ALLOWED_LATENESS_MS and t - longest < impressions.horizon
 
 
-def record(impressions: Impressions, t: int, longest_window_ms: int) -> None:
-    """Add a served impression at `t` and drop what no window can see any more."""
+def record(impressions: Impressions, t: int, keep_ms: int) -> None:
+    """Add a served impression at `t` and drop what is more than `keep_ms` (`kept_ms`) plus
+    the allowed lateness older than the newest impression."""
     insort(impressions.times, t)
-    drop_through = impressions.times[-1] - longest_window_ms - ALLOWED_LATENESS_MS
+    drop_through = impressions.times[-1] - keep_ms - ALLOWED_LATENESS_MS
     cut = bisect_right(impressions.times, drop_through)
     if cut:
         # The newest time dropped, not `drop_through`: that depends on the order impressions
@@ -70,7 +96,7 @@ def record(impressions: Impressions, t: int, longest_window_ms: int) -> None:
         del impressions.times[:cut]
 
 
-def expires_at(impressions: Impressions, longest_window_ms: int) -> int:
-    """The event time after which this state can no longer deny anything."""
+def expires_at(impressions: Impressions, keep_ms: int) -> int:
+    """The event time after which this state would all have been dropped by `record`."""
     newest = impressions.times[-1] if impressions.times else impressions.horizon
-    return newest + longest_window_ms + ALLOWED_LATENESS_MS
+    return newest + keep_ms + ALLOWED_LATENESS_MS

@@ -3,12 +3,12 @@
 `History` is a deployment's topics as lists of records (campaigns and served in one partition
 each, so offsets are list positions). `Simulator` writes into one the history a correct worker
 would: one decision at a time in stream order, with the worker's own rules
-(`streams.decide.DecisionBook`, `streams.state`), so the audit must find nothing in it. It
-differs from the worker in one way, on purpose: it remembers every impression of an identified
-user, also those served while the campaign had no cap (DESIGN.md: "fewer than `max`
-impressions of that user for that campaign"), and never forgets one; the worker records
-impressions only under a capped configuration and drops them by the caps then in force, so a
-cap added or widened later misses them (`test_verify.py`, `test_a_cap_added_later_...`).
+(`streams.decide.DecisionBook`, `streams.state`), so the audit must find nothing in it. Like
+the worker it remembers every impression of an identified user, also those served while the
+campaign had no cap (DESIGN.md: "fewer than `max` impressions of that user for that
+campaign"); unlike it, it never forgets one (the worker keeps its impression history, 7 days
+by default, or the campaign's longest window if longer: `test_verify.py`,
+`test_a_cap_longer_than_the_history_...`).
 The Kafka tests write the same events to real topics instead.
 """
 
@@ -131,14 +131,14 @@ class History:
             offsets[(kind, partition)] = offset + 1
             yield kind, Record(partition, offset, t, key, value)
 
-    def audit(self, window: Window | None = None) -> Audit:
-        auditor = Auditor(window)
+    def audit(self, window: Window | None = None, *, history_ms: int | None = None) -> Audit:
+        auditor = Auditor(window, history_ms=history_ms)
         for kind, record in self.records():
             auditor.add(kind, record)
         return auditor.finish()
 
-    def summary(self, window: Window | None = None) -> Summary:
-        return self.audit(window).summary
+    def summary(self, window: Window | None = None, *, history_ms: int | None = None) -> Summary:
+        return self.audit(window, history_ms=history_ms).summary
 
     def replace(self, old: AdServed | AdDenied, new: AdServed | AdDenied | None) -> None:
         """Put `new` where `old` was written (or drop it), as a forger would."""

@@ -174,9 +174,9 @@ def test_cap_and_budget_breaches_name_the_request_that_broke_them() -> None:
 
 def test_a_cap_added_later_counts_impressions_served_before_it() -> None:
     """DESIGN.md counts every impression of the user for the campaign, so a cap introduced
-    by an update applies to what was served before it. Today's worker records impressions
-    only while a cap is in force (and forgets them by the caps then in force), and serves this
-    history: the audit flags it."""
+    by an update applies to what was served before it. The worker records every impression
+    (for its impression history) and denies the fourth; a worker that forgot the uncapped
+    ones would serve it, and the audit flags that."""
     history = History()
     uncapped = history.campaign(campaign(URL, campaign_id="c"))
     items = [request("c", BASE_MS + i * MINUTE, "u1") for i in range(4)]
@@ -185,10 +185,39 @@ def test_a_cap_added_later_counts_impressions_served_before_it() -> None:
         history.decision(served(item, uncapped))
     capped = history.campaign(campaign(URL, campaign_id="c", caps=[(2, 3600)]))
     history.request(items[3])
-    history.decision(served(items[3], capped))  # what the worker does: its state is empty
+    history.decision(served(items[3], capped))  # as if the uncapped ones were not recorded
     summary = history.summary()
     assert [(v.kind, v.request_id) for v in summary.violations] == [
         ("cap_exceeded", items[3].context.request_id)
+    ]
+    # Well within any impression history: the same whatever history the audit is told.
+    assert history.summary(history_ms=HOUR).violations == summary.violations
+
+
+def test_a_cap_longer_than_the_history_is_held_to_the_history() -> None:
+    """A worker keeps a week of impressions (or the longest window, if longer): a 30-day cap
+    added after two impressions 9 and 8 days ago counts neither. The audit, told the
+    history, holds the cap to its last week; without it, to the whole 30 days."""
+    day, week = DAY_MS, 7 * DAY_MS
+    history = History()
+    uncapped = history.campaign(campaign(URL, campaign_id="c"))
+    early = [request("c", BASE_MS + i * day, "u1") for i in range(2)]
+    for item in early:
+        history.request(item)
+        history.decision(served(item, uncapped))
+    capped = history.campaign(campaign(URL, campaign_id="c", caps=[(2, 30 * 86_400)]))
+    late = [request("c", BASE_MS + 9 * day + i * MINUTE, "u1") for i in range(3)]
+    for item in late:
+        history.request(item)
+        history.decision(served(item, capped))
+    strict = history.summary()
+    assert [(v.kind, v.request_id) for v in strict.violations] == sorted(
+        ("cap_exceeded", item.context.request_id) for item in late
+    )
+    # Within the week: two fit the cap, the third does not.
+    told = history.summary(history_ms=week)
+    assert [(v.kind, v.request_id) for v in told.violations] == [
+        ("cap_exceeded", late[2].context.request_id)
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from models.money import to_micros
+from streams.lookaside import LookasideClient
 from tests.pipeline.harness import BASE_MS, DAY_MS, Decision, Deployment, campaign, request
 from tests.upstream import VastServer, inline, vast
 
@@ -216,7 +217,8 @@ async def test_cap_state_aged_out_by_another_users_event_time_cannot_serve_a_lat
     deployment: Deployment, ad_url: str
 ) -> None:
     # One campaign partition carries every user: Bob, hours ahead in event time, moves its
-    # watermark and Alice's cap state ages out. Alice's next request, in order for her, is
+    # watermark, and cap state ages out by it (Alice's only after the impression history,
+    # but the worker cannot tell whose did). Alice's next request, in order for her, is
     # more than the allowed lateness behind the partition: refused as late, never served.
     rules = campaign(ad_url, caps=[(2, 1800)])
     await deployment.load(rules)
@@ -230,3 +232,81 @@ async def test_cap_state_aged_out_by_another_users_event_time_cannot_serve_a_lat
     )
     assert third.reason == "frequency_cap"
     assert third.payload["detail"] == "late"
+
+
+async def test_a_cap_added_later_counts_impressions_served_uncapped(
+    deployment: Deployment, ad_url: str
+) -> None:
+    # Every impression counts (DESIGN.md), whether or not a cap was configured when it was
+    # served: the worker records them all.
+    uncapped = campaign(ad_url)
+    await deployment.load(uncapped)
+    t = BASE_MS + 21 * DAY_MS
+    served = [
+        request(uncapped.campaign_id, t, "ann"),
+        request(uncapped.campaign_id, t + MINUTE, "ann"),
+        request(uncapped.campaign_id, t + 2 * MINUTE, "ben"),
+    ]
+    assert outcomes(await deployment.decided(await deployment.publish(*served))) == ["served"] * 3
+    capped = campaign(ad_url, campaign_id=uncapped.campaign_id, caps=[(2, 3600)])
+    (version,) = await deployment.load(capped)
+    # An edge asking before any capped impression: Redis holds no view of Ann (none is
+    # written for an uncapped campaign), the worker's route answers from every impression.
+    edge = LookasideClient(
+        deployment.redis_url, deployment.alive_worker().url(""), prefix=f"{deployment.name}-"
+    )
+    try:
+        assert await edge.is_capped(uncapped.campaign_id, "ann", t + 10 * MINUTE)
+        assert not await edge.is_capped(uncapped.campaign_id, "ben", t + 10 * MINUTE)
+    finally:
+        await edge.aclose()
+    later = [
+        request(uncapped.campaign_id, t + 10 * MINUTE, "ann"),  # two already: refused
+        request(uncapped.campaign_id, t + 11 * MINUTE, "ben"),  # one: served, ...
+        request(uncapped.campaign_id, t + 12 * MINUTE, "ben"),  # ... then refused
+        request(uncapped.campaign_id, t + HOUR - 1, "ann"),  # both still inside (t-1h, t]
+        request(uncapped.campaign_id, t + HOUR, "ann"),  # t has left the window
+        request(uncapped.campaign_id, t + HOUR + 1, "ann"),  # t + 1 min has not
+    ]
+    decisions = await deployment.decided(await deployment.publish(*later))
+    assert outcomes(decisions) == [
+        "denied:frequency_cap",
+        "served",
+        "denied:frequency_cap",
+        "denied:frequency_cap",
+        "served",
+        "denied:frequency_cap",
+    ]
+    assert {d.payload["detail"] for d in decisions if d.reason} == {"2/3600s"}
+    assert {d.payload["campaign_version"] for d in decisions} == {version}
+    state = await deployment.state(uncapped.campaign_id, "ann")
+    assert state.cap is not None
+    assert state.cap.times == [t, t + MINUTE, t + HOUR]
+
+
+async def test_a_lengthened_window_counts_impressions_the_shorter_one_let_go(
+    deployment: Deployment, ad_url: str
+) -> None:
+    # Under 1 per 10 min, Cy's two impressions 20 min apart are long out of every window
+    # once Dee, hours ahead in event time on the same campaign partition, moves its
+    # watermark. They are still kept (the impression history), so the day-long window an
+    # update brings counts them.
+    short = campaign(ad_url, caps=[(1, 600)])
+    await deployment.load(short)
+    t = BASE_MS + 22 * DAY_MS
+    first = [
+        request(short.campaign_id, t, "cy"),
+        request(short.campaign_id, t + 20 * MINUTE, "cy"),
+        request(short.campaign_id, t + 3 * HOUR, "dee"),
+    ]
+    assert outcomes(await deployment.decided(await deployment.publish(*first))) == ["served"] * 3
+    long = campaign(ad_url, campaign_id=short.campaign_id, caps=[(3, 86_400)])
+    await deployment.load(long)
+    later = [
+        request(short.campaign_id, t + 3 * HOUR + 1, "cy"),  # two in the day: the third
+        request(short.campaign_id, t + 3 * HOUR + 2, "cy"),  # the fourth: refused
+        request(short.campaign_id, t + DAY_MS, "cy"),  # t has left the day
+    ]
+    decisions = await deployment.decided(await deployment.publish(*later))
+    assert outcomes(decisions) == ["served", "denied:frequency_cap", "served"]
+    assert decisions[1].payload["detail"] == "3/86400s"

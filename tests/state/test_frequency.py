@@ -16,6 +16,7 @@ from streams.state.frequency import (
     blocking_cap,
     expires_at,
     is_late,
+    kept_ms,
     record,
 )
 
@@ -164,6 +165,44 @@ def test_is_late_uses_the_longest_window_of_the_caps_in_force() -> None:
     assert is_late(impressions, [Cap(1, MINUTE), Cap(5, MINUTE + 1)], t)
     assert not is_late(impressions, [], T0)
     assert is_late(impressions, [], T0 - 1)
+
+
+def test_what_is_kept_is_the_history_or_the_longest_window_if_longer() -> None:
+    assert kept_ms(0, 7 * 24 * HOUR) == 7 * 24 * HOUR  # no caps: the history alone
+    assert kept_ms(HOUR, 24 * HOUR) == 24 * HOUR
+    assert kept_ms(30 * 24 * HOUR, 24 * HOUR) == 30 * 24 * HOUR
+
+
+def test_an_uncapped_campaign_keeps_its_history() -> None:
+    history = 24 * HOUR
+    impressions = Impressions()
+    for t in (T0, T0 + 12 * HOUR, T0 + history + ALLOWED_LATENESS_MS):
+        record(impressions, t, kept_ms(0, history))
+    # T0 is exactly at the edge: dropped; 12 h later is kept.
+    assert impressions.times == [T0 + 12 * HOUR, T0 + history + ALLOWED_LATENESS_MS]
+    assert impressions.horizon == T0
+    assert expires_at(impressions, kept_ms(0, history)) == T0 + 2 * history + 2 * (
+        ALLOWED_LATENESS_MS
+    )
+
+
+def test_within_the_allowed_lateness_nothing_is_late_and_what_is_kept_counts() -> None:
+    # Kept for 1 h (plus lateness), then a cap of 2 per 6 h: its windows reach behind the
+    # horizon. A request within the allowed lateness counts what is kept, ...
+    impressions = Impressions()
+    for t in (T0, T0 + 3 * HOUR):
+        record(impressions, t, HOUR)
+    assert impressions.times == [T0 + 3 * HOUR]
+    assert impressions.horizon == T0
+    longer = [Cap(2, 6 * HOUR)]
+    newest = T0 + 3 * HOUR
+    for t in (newest - ALLOWED_LATENESS_MS, newest, newest + HOUR):
+        assert not is_late(impressions, longer, t)
+        assert blocking_cap(impressions.times, longer, t) is None
+    # ... one further behind whose windows reach behind the horizon is refused.
+    assert is_late(impressions, longer, newest - ALLOWED_LATENESS_MS - 1)
+    # Windows that start at or after the horizon miss nothing, however late.
+    assert not is_late(impressions, [Cap(2, HOUR)], T0 + HOUR)
 
 
 def test_expires_at() -> None:
