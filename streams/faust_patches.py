@@ -28,6 +28,8 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    this way. Faust skips only around start-up and rebalances, so for `SETTLE_S` after each
    assignment `SkippedEvents` checks every hole in a batch's offsets against the log (holes of
    transaction markers are normal) and hands back, in order, the records Faust dropped.
+   Items 9 and 11 now fetch such records again where Faust drops them; this check stays as
+   the net under them.
 6. **Table writes follow `current_event()`.** A table write goes to the changelog partition
    (and RocksDB partition) of the event being processed; in a `take_events` batch that is
    whichever event came last. `event_context` names the right event for each write.

@@ -1,6 +1,7 @@
-"""`streams.faust_patches` items 9 and 10 against the real broker: Faust's fetches take only
-the partitions it asks for and give back what it drops, and a changelog's end for a restore
-is its last committed record, not the transaction markers and aborted records after it."""
+"""`streams.faust_patches` items 9 to 11 against the real broker: Faust's fetches take only
+the partitions it asks for and give back what it drops, events cleared from its queues are
+fetched again, and a changelog's end for a restore is its last committed record, not the
+transaction markers and aborted records after it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP, Message
 
-from streams.faust_patches import Fetched, changelog_ends, give_back, keep_fetched_records
+from streams.faust_patches import (
+    Fetched,
+    SkippedEvents,
+    changelog_ends,
+    give_back,
+    keep_fetched_records,
+    rewind,
+)
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -150,3 +160,35 @@ async def test_a_changelog_ends_at_its_last_committed_record(
         partitions[1]: 0,  # empty
         partitions[2]: 0,  # nothing committed: nothing to restore
     }
+
+
+async def test_events_cleared_from_faust_queues_are_fetched_again(
+    kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
+) -> None:
+    """At the end of a recovery Faust seeks the stream partitions to their committed offsets,
+    then clears its queues of what the fetcher delivered meanwhile: at a partition's tail no
+    later event ever showed the hole, and the worker sat idle."""
+    app = faust.App(unique_name, broker=f"kafka://{kafka_bootstrap}", store="memory://")
+    skipped = SkippedEvents(app, kafka_bootstrap)
+    given_back: list[dict[TP, int]] = []
+    skipped._give_back = lambda cleared: given_back.append(dict(cleared))  # type: ignore[method-assign]
+    skipped.install()
+    queue = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+    tp = TP(unique_name, 1)
+    for offset in (7, 5, 6):
+        message = Message(unique_name, 1, offset, 0.0, 0, None, b"k", b"v", None, tp=tp)
+        queue.put_nowait(app.create_event(b"k", b"v", None, message))
+
+    app.flow_control.resume()  # as Faust does when a recovery ends
+
+    assert queue.empty()
+    assert given_back == [{tp: 5}]
+
+    # In the consumer's thread: the partition goes back to the first event cleared, but a
+    # partition already further back stays.
+    partitions = await filled(kafka_bootstrap, f"{unique_name}-log", 10)
+    await buffered(consumer, partitions)
+    consumer.seek(partitions[0], 9)
+    consumer.seek(partitions[1], 3)
+    await rewind(consumer, {partitions[0]: 5, partitions[1]: 5})
+    assert [await consumer.position(tp) for tp in partitions] == [5, 3]
