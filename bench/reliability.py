@@ -151,8 +151,9 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   read (`scale_out`, about 1 run in 4: `campaign_unknown` denials, tables' spend 0).
   Fetches now take only the partitions asked for, records Faust drops are fetched again,
   a restore reads to each partition's last committed record and ends there (kill to first
-  decision on a moved partition: 20-21 s before, 10.5-12 s now, 10 s of it the broker's
-  session timeout), and a worker whose restore missed records exits rather than decide.
+  decision on a moved partition: 20.1-21.1 s in 6 runs before, 10.5-13.3 s in 7 runs
+  after, 10 s of it the broker's session timeout), and a worker whose restore missed
+  records exits rather than decide.
 - **A worker restarted after a crash during a broker outage could stall** (item 11):
   ready, no errors, deciding nothing more. At the end of every recovery Faust seeks the
   stream partitions to their committed offsets and then clears its stream queues: what
