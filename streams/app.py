@@ -30,6 +30,8 @@ from streams.faust_patches import (
     SkippedEvents,
     TransactionalSender,
     TransactionIds,
+    check_restores,
+    keep_fetched_records,
     tune_clients,
 )
 from streams.lookaside import StateView, cap_view, spend_view
@@ -81,7 +83,13 @@ def create_worker(
     metrics: Metrics,
     lookaside: Lookaside | None = None,
 ) -> Worker:
-    tune_clients(fetch_wait_ms=settings.fetch_wait_ms, retry_backoff_ms=10)
+    tune_clients(
+        fetch_wait_ms=settings.fetch_wait_ms,
+        retry_backoff_ms=10,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+    )
+    keep_fetched_records()
+    check_restores()
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -143,6 +151,7 @@ def create_worker(
         stream: StreamT[Any], handle: Callable[[Sequence[EventT[Any]]], Awaitable[None]]
     ) -> None:
         committer.install()
+        skipped.install()
         batches: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).take_events(
             settings.batch_size, settings.batch_wait_s
         )

@@ -30,6 +30,8 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    this way. Faust skips only around start-up and rebalances, so for `SETTLE_S` after each
    assignment `SkippedEvents` checks every hole in a batch's offsets against the log (holes of
    transaction markers are normal) and hands back, in order, the records Faust dropped.
+   Items 9 and 11 now fetch such records again where Faust drops them; this check stays as
+   the net under them.
 6. **Table writes follow `current_event()`.** A table write goes to the changelog partition
    (and RocksDB partition) of the event being processed; in a `take_events` batch that is
    whichever event came last. `event_context` names the right event for each store access,
@@ -47,6 +49,33 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    `scale_out`). A partition it had owned before could crash it with a `ConsistencyError`.
    `tune_clients` asks the broker instead: a read_committed consumer's end offsets are the
    last stable offsets.
+9. **Fetched records were dropped unseen, for good.** Faust hands aiokafka its *live* set of
+   active partitions; a rebalance empties it while a fetch waits, and aiokafka reads an
+   empty set as "every partition": it returned the records of paused changelog partitions
+   (advancing their positions), and Faust, whose flow had stopped, dropped them. Faust also
+   drops a fetched batch's rest when its flow stops or the generation changes mid-batch, and
+   records of partitions paused meanwhile, without ever fetching them again (it seeks stream
+   partitions back to their committed offsets, and only when its flow stopped). When the
+   fetch straddled a recovery's seek, the recovery of those changelog partitions read
+   nothing (`tests/scale` `scale_out`: a moved campaign's rules, caps and spend were gone).
+   `keep_fetched_records` fetches exactly the partitions asked for, and seeks a partition
+   back to the first record Faust did not deliver, unless a seek has moved it since.
+10. **Restores waited 10 s, then could skip what they had not read.** Faust restores a
+   changelog partition up to its end offset minus one, but a transactional changelog ends
+   with a commit marker (often after aborted records) that no consumer is handed: recovery
+   never got there, and after 10 s without changelog events it assumed an aborted
+   transaction and jumped to the end whether or not it had read the records before it.
+   `tune_clients` gives recovery the offset after each partition's last committed record
+   (`changelog_ends`), so a restore ends as soon as it has read everything, and
+   `check_restores` makes a worker whose restore missed records exit (status 70) before any
+   stream resumes, instead of deciding on tables with holes.
+11. **Events cleared from Faust's queues were never fetched again.** Each time Faust resumes
+   its flow (at the end of every recovery) it clears its stream queues, after seeking the
+   stream partitions to their committed offsets: what the fetcher delivered in between was
+   gone, and `SkippedEvents` found the hole only when a later event of that partition came;
+   at a partition's tail none came and the worker sat idle, undecided requests and all
+   (`tests/scale` `broker_restart`, a worker restarted after a crash during the outage).
+   `SkippedEvents.install` seeks partitions back to the first event cleared.
 """
 
 from __future__ import annotations
@@ -55,6 +84,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -63,13 +93,16 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.streams import _current_event
+from faust.tables.base import Collection
+from faust.tables.recovery import Recovery
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, Message
 
 log = logging.getLogger(__name__)
 
 
-def tune_clients(*, fetch_wait_ms: int, retry_backoff_ms: int) -> None:
+def tune_clients(*, fetch_wait_ms: int, retry_backoff_ms: int, bootstrap_servers: str) -> None:
     """Make every Faust consumer and producer created from now on use these settings."""
     thread_class: Any = faust_aiokafka.AIOKafkaConsumerThread
     create_consumer = _original(thread_class, "_create_worker_consumer")
@@ -82,9 +115,10 @@ def tune_clients(*, fetch_wait_ms: int, retry_backoff_ms: int) -> None:
     thread_class._create_worker_consumer = create_worker_consumer
 
     async def highwaters(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
-        # Our consumer reads read_committed: its end offsets are the last stable offsets.
+        # Our consumer reads read_committed: its end offsets are the last stable offsets
+        # (item 8); recovery reads up to the last record before them (item 10).
         offsets: Mapping[TP, int] = await self._ensure_consumer().end_offsets(partitions)
-        return offsets
+        return await changelog_ends(bootstrap_servers, offsets)
 
     thread_class._highwaters = highwaters
 
@@ -95,6 +129,217 @@ def tune_clients(*, fetch_wait_ms: int, retry_backoff_ms: int) -> None:
         return {**producer_settings(self), "retry_backoff_ms": retry_backoff_ms}
 
     producer_class._settings_default = settings_default
+
+
+def keep_fetched_records() -> None:
+    """Item 9: records Faust fetched but did not deliver are fetched again."""
+    thread_class: Any = faust_aiokafka.AIOKafkaConsumerThread
+    fetch_records = _original(thread_class, "_fetch_records")
+
+    async def fetch_asked_records(
+        self: Any,
+        consumer: AIOKafkaConsumer,
+        active_partitions: set[TP] | None,
+        timeout: float | None = None,  # noqa: ASYNC109 (Faust's signature)
+        max_records: int | None = None,
+    ) -> Mapping[TP, list[Any]]:
+        if active_partitions is None:  # a client-only app: every partition
+            return await fetch_records(self, consumer, None, timeout, max_records)  # type: ignore[no-any-return]
+        # Faust passes its live set of active partitions, which rebalances and recoveries
+        # change while the fetch waits; aiokafka reads an empty set as "every partition".
+        asked = set(active_partitions)
+        if not asked:
+            return {}
+        records = await fetch_records(self, consumer, asked, timeout, max_records)
+        return Fetched(records, {tp: _position(consumer, tp) for tp in records})
+
+    thread_class._fetch_records = fetch_asked_records
+
+    consumer_class: Any = faust_consumer.Consumer
+    wait_next_records = _original(consumer_class, "_wait_next_records")
+    getmany = _original(consumer_class, "getmany")
+
+    async def wait_next_records_kept(self: Any, timeout: float) -> Any:  # noqa: ASYNC109
+        records, active_partitions = await wait_next_records(self, timeout)
+        self._adstream_fetched = records
+        return records, active_partitions
+
+    async def getmany_giving_back(
+        self: Any,
+        timeout: float,  # noqa: ASYNC109 (Faust's signature)
+    ) -> AsyncIterator[tuple[TP, Any]]:
+        self._adstream_fetched = None
+        delivered: dict[TP, int] = {}
+        try:
+            async for tp, message in getmany(self, timeout):
+                delivered[tp] = message.offset
+                yield tp, message
+        finally:
+            fetched, self._adstream_fetched = self._adstream_fetched, None
+            undelivered = fetched.undelivered(delivered) if isinstance(fetched, Fetched) else {}
+            if undelivered:
+                log.info("Faust dropped fetched records, fetching them again from %s", undelivered)
+                thread = self._thread
+                await thread.call_thread(give_back, thread._ensure_consumer(), undelivered)
+
+    consumer_class._wait_next_records = wait_next_records_kept
+    consumer_class.getmany = getmany_giving_back
+
+
+class Fetched(dict[TP, list[Any]]):
+    """Records aiokafka handed to Faust, with each partition's position right after them."""
+
+    def __init__(self, records: Mapping[TP, list[Any]], positions: Mapping[TP, int | None]):
+        super().__init__(records)
+        self.positions = positions
+
+    def undelivered(self, delivered: Mapping[TP, int]) -> dict[TP, tuple[int, int]]:
+        """Partition -> (first record not delivered, the position after the fetch)."""
+        back = {}
+        for tp, records in self.items():
+            last = delivered.get(tp)
+            rest = [r.offset for r in records if last is None or r.offset > last]
+            position = self.positions.get(tp)
+            if rest and position is not None:
+                back[tp] = (rest[0], position)
+        return back
+
+
+async def give_back(consumer: AIOKafkaConsumer, undelivered: Mapping[TP, tuple[int, int]]) -> None:
+    """In the consumer's thread: fetch the records again, unless a seek has moved the
+    partition since (a recovery or a seek to the committed offset knows better)."""
+    for tp, (offset, position) in undelivered.items():
+        if _position(consumer, tp) == position:
+            consumer.seek(tp, offset)
+
+
+async def rewind(consumer: AIOKafkaConsumer, offsets: Mapping[TP, int]) -> None:
+    """In the consumer's thread: move partitions back to `offsets`, never forward (a seek
+    since may have gone further back already)."""
+    for tp, offset in offsets.items():
+        position = _position(consumer, tp)
+        if position is not None and offset < position:
+            consumer.seek(tp, offset)
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not fetch cleared events again", exc_info=future.exception())
+
+
+def _position(consumer: AIOKafkaConsumer, tp: TP) -> int | None:
+    """aiokafka's fetch position of an assigned partition (None if it has none)."""
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    state = None if assignment is None else assignment.state_value(tp)
+    return None if state is None else state._position
+
+
+async def changelog_ends(bootstrap_servers: str, ends: Mapping[TP, int]) -> dict[TP, int]:
+    """Item 10: for each partition, the offset just after its last committed record below
+    `ends` (its last stable offset), or its log start offset if it holds none.
+
+    Reads each partition's tail with a read_committed consumer, a window that grows until a
+    record shows: what follows the last record is transaction markers and aborted records,
+    which no consumer is ever handed.
+    """
+    if not ends:
+        return {}
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        partitions = list(ends)
+        reader.assign(partitions)
+        starts: Mapping[TP, int] = await reader.beginning_offsets(partitions)
+        found = {tp: starts[tp] for tp in partitions if ends[tp] <= starts[tp]}
+        window = 64
+        while pending := [tp for tp in partitions if tp not in found]:
+            froms = {tp: max(starts[tp], ends[tp] - window) for tp in pending}
+            for tp in pending:
+                reader.seek(tp, froms[tp])
+            last = await _last_records(reader, {tp: ends[tp] for tp in pending})
+            for tp in pending:
+                if tp in last:
+                    found[tp] = last[tp] + 1
+                elif froms[tp] == starts[tp]:
+                    found[tp] = starts[tp]
+            window *= 16
+        return found
+    finally:
+        await reader.stop()
+
+
+async def _last_records(
+    reader: AIOKafkaConsumer, ends: Mapping[TP, int], timeout_s: float = 60.0
+) -> dict[TP, int]:
+    """The offset of the last record below its end that `reader` reads in each partition."""
+    last: dict[TP, int] = {}
+    deadline = time.monotonic() + timeout_s
+    reading = set(ends)
+    while reading:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not read to the end of {sorted(reading)}")
+        batch = await reader.getmany(*reading, timeout_ms=500)
+        for tp, records in batch.items():
+            offsets = [r.offset for r in records if r.offset < ends[tp]]
+            if offsets:
+                last[tp] = max(offsets)
+        reading = {tp for tp in reading if await reader.position(tp) < ends[tp]}
+    return last
+
+
+RESTORE_FAILED_EXIT = 70
+"""The worker's exit status when a restore missed changelog records (as a failed stage,
+`streams.app.STAGE_FAILED_EXIT`): a restarted worker restores again."""
+
+
+def check_restores() -> None:
+    """Item 10: a restore that did not read every record up to a partition's end never
+    completes: the worker exits instead, before any stream resumes."""
+    recovery_class: Any = Recovery
+    seek_offsets = _original(recovery_class, "_seek_offsets")
+    completed = _original(recovery_class, "on_recovery_completed")
+    collection_class: Any = Collection
+    on_changelog_event = _original(collection_class, "on_changelog_event")
+
+    async def seek_offsets_noted(
+        self: Any, consumer: Any, tps: set[TP], offsets: Mapping[TP, int], title: str
+    ) -> None:
+        if title == "active":
+            # The last offset each table already holds (-1: none); reading goes on from it.
+            self._adstream_read = {tp: offsets[tp] for tp in tps}
+        await seek_offsets(self, consumer, tps, offsets, title)
+
+    async def on_changelog_event_noted(self: Any, event: EventT[Any]) -> None:
+        read = getattr(self.app.tables.recovery, "_adstream_read", None)
+        message = event.message
+        if read is not None and message.offset > read.get(message.tp, math.inf):
+            read[message.tp] = message.offset
+        await on_changelog_event(self, event)
+
+    async def on_recovery_completed_checked(self: Any, generation_id: int = 0) -> None:
+        read: Mapping[TP, int] = getattr(self, "_adstream_read", {})
+        missed = {
+            tp: (read[tp], end)
+            for tp, end in self.active_highwaters.items()
+            if tp in read and read[tp] < end
+        }
+        if missed:
+            log.critical(
+                "a restore missed changelog records (partition: last read, last record): "
+                "%s; the worker exits", missed,
+            )  # fmt: skip
+            logging.shutdown()
+            os._exit(RESTORE_FAILED_EXIT)
+        await completed(self, generation_id)
+
+    recovery_class._seek_offsets = seek_offsets_noted
+    recovery_class.on_recovery_completed = on_recovery_completed_checked
+    collection_class.on_changelog_event = on_changelog_event_noted
 
 
 def _original(cls: Any, name: str) -> Any:
@@ -248,7 +493,49 @@ class SkippedEvents:
         self._check_until: dict[TP, float] = {}
         self._reader: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
+        self._installed = False
         app.on_partitions_assigned.connect(self._assigned)
+
+    def install(self) -> None:
+        """Fetch again what Faust clears from its queues (item 11); call once the worker's
+        consumer exists, before its first assignment."""
+        if self._installed:
+            return
+        flow_control: Any = self.app.flow_control
+        clear = flow_control.clear
+
+        def clear_and_give_back() -> None:
+            cleared: dict[TP, int] = {}
+            for queue in list(flow_control._queues):
+                for item in list(queue._queue):
+                    message = getattr(item, "message", None)
+                    if isinstance(message, Message):
+                        tp, offset = message.tp, message.offset
+                        cleared[tp] = min(cleared.get(tp, offset), offset)
+            clear()
+            if cleared:
+                self._give_back(cleared)
+
+        flow_control.clear = clear_and_give_back
+        self._installed = True
+
+    def _give_back(self, cleared: Mapping[TP, int]) -> None:
+        consumer: Any = self.app.consumer
+        read_offsets = consumer._read_offset
+        # Faust delivers no offset below a partition's read offset: lower it first. Only for
+        # partitions Faust reads (being revoked, a partition has none).
+        wanted = {tp: offset for tp, offset in cleared.items() if tp in read_offsets}
+        if not wanted:
+            return
+        for tp, offset in wanted.items():
+            known = read_offsets[tp]
+            read_offsets[tp] = None if known is None else min(known, offset)
+        log.info("Faust cleared queued events, fetching them again from %s", wanted)
+        thread = consumer._thread
+        future = asyncio.ensure_future(
+            thread.call_thread(rewind, thread._ensure_consumer(), wanted)
+        )
+        future.add_done_callback(_log_failure)
 
     def forget(self, partitions: Iterable[TP]) -> None:
         """Partitions moved (or were sought back to their committed offsets)."""

@@ -1,8 +1,9 @@
 """Each scale/fault scenario of `tests.scale.scenarios` against the real services, at the
 small size; the same scenarios at the full size carry the `full` marker (`-m full`).
 
-Two scenarios still fail now and then on open worker problems (docs/reliability.md, "Open
-problems"); they carry the `unstable` marker and run only with `-m unstable` until fixed.
+A scenario failing now and then on an open worker problem (docs/reliability.md, "Open
+problems") goes into `UNSTABLE`: it then carries the `unstable` marker and runs only with
+`-m unstable` until fixed. None does at present.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import pytest
 
 from tests.scale.scenarios import FULL, SCENARIOS, SMALL, Env, Size, check, run
 
-UNSTABLE = {
-    "scale_out": "a restore after a rebalance may skip a changelog partition (~1 run in 4)",
-    "broker_restart": "a worker restarted after a broker outage may stop deciding (~3 in 7)",
-}
+UNSTABLE: dict[str, str] = {}
+"""Scenario name -> the open problem that makes it fail now and then."""
 
 
 def cases() -> list[Any]:

@@ -1,0 +1,194 @@
+"""`streams.faust_patches` items 9 to 11 against the real broker: Faust's fetches take only
+the partitions it asks for and give back what it drops, events cleared from its queues are
+fetched again, and a changelog's end for a restore is its last committed record, not the
+transaction markers and aborted records after it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP, Message
+
+from streams.faust_patches import (
+    Fetched,
+    SkippedEvents,
+    changelog_ends,
+    give_back,
+    keep_fetched_records,
+    rewind,
+)
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def consumer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    yield reader
+    await reader.stop()
+
+
+async def filled(bootstrap: str, topic: str, per_partition: int) -> list[TopicPartition]:
+    """A topic of two partitions holding `per_partition` records each."""
+    await create_topic(bootstrap, topic, 2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for partition in (0, 1):
+            for index in range(per_partition):
+                await producer.send_and_wait(topic, f"{index}".encode(), partition=partition)
+    finally:
+        await producer.stop()
+    return [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+
+
+async def buffered(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+    """Assign `partitions` from their start and let aiokafka's fetcher buffer records."""
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    for tp in partitions:
+        await consumer.position(tp)
+
+
+def faust_thread() -> Any:
+    """As much of Faust's consumer thread as `_fetch_records` looks at."""
+    return SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+
+
+async def test_a_fetch_for_no_partition_takes_none(
+    kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
+) -> None:
+    """Faust passes its live set of active partitions; a rebalance empties it while a fetch
+    waits, and aiokafka reads an empty set as every partition: it handed Faust (which
+    dropped them) the records of paused changelog partitions, past a recovery's seek."""
+    partitions = await filled(kafka_bootstrap, unique_name, 3)
+    await buffered(consumer, partitions)
+    keep_fetched_records()
+    fetch = AIOKafkaConsumerThread._fetch_records
+
+    assert await fetch(faust_thread(), consumer, set(), timeout=1.0) == {}
+    assert [await consumer.position(tp) for tp in partitions] == [0, 0]
+
+    fetched = await fetch(faust_thread(), consumer, {partitions[0]}, timeout=5.0)
+    assert list(fetched) == [partitions[0]]
+    assert isinstance(fetched, Fetched)
+    assert fetched.positions == {partitions[0]: 3}
+    assert await consumer.position(partitions[1]) == 0
+
+
+async def test_records_faust_did_not_deliver_are_fetched_again(
+    kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
+) -> None:
+    """What Faust drops (flow stopped, partition paused, new generation) is read again,
+    unless a seek has moved the partition since the fetch."""
+    partitions = await filled(kafka_bootstrap, unique_name, 3)
+    first, second = partitions
+    await buffered(consumer, partitions)
+    keep_fetched_records()
+    fetched = Fetched({}, {})
+    while len(fetched) < 2:  # both partitions' records, whatever order they came in
+        more = await AIOKafkaConsumerThread._fetch_records(
+            faust_thread(), consumer, set(partitions) - set(fetched), timeout=5.0
+        )
+        assert isinstance(more, Fetched)
+        fetched = Fetched({**fetched, **more}, {**fetched.positions, **more.positions})
+
+    # Faust delivered the first record of the first partition, nothing of the second, and
+    # a recovery sought the second partition elsewhere meanwhile.
+    undelivered = fetched.undelivered({first: 0})
+    assert undelivered == {first: (1, 3), second: (0, 3)}
+    consumer.seek(second, 2)
+    await give_back(consumer, undelivered)
+
+    assert await consumer.position(first) == 1
+    assert await consumer.position(second) == 2
+    again = await consumer.getmany(first, timeout_ms=5000)
+    assert [r.offset for r in again[first]] == [1, 2]
+
+
+async def test_a_changelog_ends_at_its_last_committed_record(
+    kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
+) -> None:
+    """A transactional changelog ends with a commit marker, often with aborted records
+    before it: Faust waited for an offset no consumer is ever handed (every restore took
+    10 s), then jumped to it whether or not it had read the records before it."""
+    topic = unique_name
+    await create_topic(kafka_bootstrap, topic, 3)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{unique_name}-tx"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():  # partition 0: offsets 0-2, marker at 3
+            for index in range(3):
+                await producer.send(topic, f"kept-{index}".encode(), key=b"k", partition=0)
+        # An aborted transaction longer than the first window read: offsets 4-103, marker
+        # at 104; partition 2 holds only aborted records (0-4, marker at 5).
+        await producer.begin_transaction()
+        for index in range(100):
+            await producer.send(topic, f"aborted-{index}".encode(), key=b"k", partition=0)
+        for _ in range(5):
+            await producer.send(topic, b"aborted", key=b"k", partition=2)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    partitions = [TopicPartition(topic, p) for p in range(3)]
+    ends = await consumer.end_offsets(partitions)
+    assert [ends[tp] for tp in partitions] == [105, 0, 6]
+
+    assert await changelog_ends(kafka_bootstrap, ends) == {
+        partitions[0]: 3,  # the record at 2 is the last one: Faust waits for 2, not 104
+        partitions[1]: 0,  # empty
+        partitions[2]: 0,  # nothing committed: nothing to restore
+    }
+
+
+async def test_events_cleared_from_faust_queues_are_fetched_again(
+    kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
+) -> None:
+    """At the end of a recovery Faust seeks the stream partitions to their committed offsets,
+    then clears its queues of what the fetcher delivered meanwhile: at a partition's tail no
+    later event ever showed the hole, and the worker sat idle."""
+    app = faust.App(unique_name, broker=f"kafka://{kafka_bootstrap}", store="memory://")
+    skipped = SkippedEvents(app, kafka_bootstrap)
+    given_back: list[dict[TP, int]] = []
+    skipped._give_back = lambda cleared: given_back.append(dict(cleared))  # type: ignore[method-assign]
+    skipped.install()
+    queue = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+    tp = TP(unique_name, 1)
+    for offset in (7, 5, 6):
+        message = Message(unique_name, 1, offset, 0.0, 0, None, b"k", b"v", None, tp=tp)
+        queue.put_nowait(app.create_event(b"k", b"v", None, message))
+
+    app.flow_control.resume()  # as Faust does when a recovery ends
+
+    assert queue.empty()
+    assert given_back == [{tp: 5}]
+
+    # In the consumer's thread: the partition goes back to the first event cleared, but a
+    # partition already further back stays.
+    partitions = await filled(kafka_bootstrap, f"{unique_name}-log", 10)
+    await buffered(consumer, partitions)
+    consumer.seek(partitions[0], 9)
+    consumer.seek(partitions[1], 3)
+    await rewind(consumer, {partitions[0]: 5, partitions[1]: 5})
+    assert [await consumer.position(tp) for tp in partitions] == [5, 3]
