@@ -121,7 +121,13 @@ def create_worker(
     transactions = TransactionIds(app)
     sender = TransactionalSender(app, transactions)
     skipped = SkippedEvents(app, settings.kafka_bootstrap_servers)
-    committer = Committer(app, transactions, skipped)
+    committer = Committer(
+        app,
+        transactions,
+        skipped,
+        behind_interval_s=settings.behind_commit_interval_s,
+        behind_lag=settings.batch_size,
+    )
     router = Router(Outputs(sender, topics.dlq), tables.seen, topics.by_campaign, metrics)
     decider = Decider(
         Outputs(sender, topics.dlq),

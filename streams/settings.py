@@ -38,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True):
     store: Literal["rocksdb", "memory"] = "rocksdb"
     commit_interval_s: float = 0.05
     """How often decisions become visible: each commit ends a Kafka transaction."""
+    behind_commit_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.25
+    """How often while the worker is behind (more than a batch of requests waiting): each
+    commit costs a few broker round trips per partition, CPU the backlog needs, and queued
+    requests wait longer than this for their turn anyway."""
     fetch_wait_ms: int = 10
     """How long the broker may hold a fetch open for more data (Faust ships 1500)."""
     batch_size: int = 500
@@ -70,6 +74,7 @@ class Settings(msgspec.Struct, frozen=True):
         "data_dir": "ADSTREAM_DATA_DIR",
         "store": "ADSTREAM_STORE",
         "commit_interval_s": "ADSTREAM_COMMIT_INTERVAL_S",
+        "behind_commit_interval_s": "ADSTREAM_BEHIND_COMMIT_INTERVAL_S",
         "fetch_wait_ms": "ADSTREAM_FETCH_WAIT_MS",
         "batch_size": "ADSTREAM_BATCH_SIZE",
         "batch_wait_s": "ADSTREAM_BATCH_WAIT_S",
