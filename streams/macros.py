@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
 
 from models.context import SessionContext
 
@@ -57,16 +57,36 @@ PER_REQUEST_MACROS: frozenset[str] = frozenset(
 )
 """Macros whose values are new for every request, so a cache key must leave them out."""
 
-# Characters encodeURIComponent leaves alone besides those `quote` always keeps (A-Z a-z 0-9
-# - _ . ~). Keeping the comma as well encodes each item of a comma-separated list and joins
-# the items with a bare comma, in one call.
+# Characters encodeURIComponent leaves alone besides A-Z a-z 0-9 - _ . ~ (which `quote` always
+# keeps). Keeping the comma as well encodes each item of a comma-separated list and joins the
+# items with a bare comma, in one call.
 _COMPONENT_SAFE = "!'()*"
 _ARRAY_SAFE = _COMPONENT_SAFE + ","
-_SAFE_CHARS: dict[str, str] = {
-    **dict.fromkeys(_SCALAR_MACROS, _COMPONENT_SAFE),
-    **dict.fromkeys(_ARRAY_MACROS, _ARRAY_SAFE),
-    "CORRELATOR": _COMPONENT_SAFE,
+_UNRESERVED = string.ascii_letters + string.digits + "-_.~"
+
+
+def _percent_table(safe: str) -> dict[int, str]:
+    """For `str.translate`: every byte value but `safe` and the unreserved characters, to its
+    %XX escape."""
+    kept = {ord(char) for char in _UNRESERVED + safe}
+    return {byte: f"%{byte:02X}" for byte in range(256) if byte not in kept}
+
+
+_COMPONENT_TABLE = _percent_table(_COMPONENT_SAFE)
+_ARRAY_TABLE = _percent_table(_ARRAY_SAFE)
+_ENCODING_TABLES: dict[str, dict[int, str]] = {
+    **dict.fromkeys(_SCALAR_MACROS, _COMPONENT_TABLE),
+    **dict.fromkeys(_ARRAY_MACROS, _ARRAY_TABLE),
+    "CORRELATOR": _COMPONENT_TABLE,
 }
+
+
+def _percent_encode(value: str, table: dict[int, str]) -> str:
+    """`urllib.parse.quote(value, safe)` for the `safe` of `table`, in C: quote() runs a Python
+    call per byte of a value that needs escaping (a timestamp's colons), and every request
+    encodes several values. The UTF-8 bytes, read as Latin-1, are one character per byte."""
+    return value.encode().decode("latin-1").translate(table)
+
 
 # Every registry name is upper-case letters only; anything else can never be a macro, so the
 # scan does not even stop at it.
@@ -102,21 +122,24 @@ class Macros:
         """
         if "[" not in template and "%%" not in template:
             return template
-        head, macros = _compile(template)
+        split = _split_cached if len(template) <= _COMPILE_CACHE_MAX_CHARS else _split
+        head, macros = split(template)
         if not macros:
             return template
-        values = self._values
+        values = self._values  # never holds ERRORCODE, whose value differs from call to call
         parts = [head]
+        append = parts.append
         for name, token, literal in macros:
-            if name == "ERRORCODE":
-                # An int's digits need no encoding.
-                parts.append(token if error_code is None else str(error_code))
-            else:
-                value = values.get(name)
-                if value is None:
-                    value = values[name] = quote(self._raw_value(name), safe=_SAFE_CHARS[name])
-                parts.append(value)
-            parts.append(literal)
+            value = values.get(name)
+            if value is None:
+                if name == "ERRORCODE":
+                    # An int's digits need no encoding.
+                    value = token if error_code is None else str(error_code)
+                else:
+                    raw = self._raw_value(name)
+                    value = values[name] = _percent_encode(raw, _ENCODING_TABLES[name])
+            append(value)
+            append(literal)
         return "".join(parts)
 
     def _raw_value(self, name: str) -> str:
@@ -149,27 +172,19 @@ class Macros:
 
 
 _Compiled = tuple[str, tuple[tuple[str, str, str], ...]]
-_COMPILE_CACHE_MAX_CHARS = 16 * 1024  # at most 1024 templates: ~16 MiB
-
-
-def _compile(template: str) -> _Compiled:
-    """`template` split at its IAB macros: the text before the first, then for each macro its
-    name, its token as written and the text that follows it. Tokens that are not IAB macros
-    stay in the text. Cached: an upstream's documents and URLs recur from request to request,
-    and expanding a compiled template is a join, with no scan and no callback per macro."""
-    if len(template) > _COMPILE_CACHE_MAX_CHARS:
-        return _split(template)
-    return _split_cached(template)
 
 
 def _split(template: str) -> _Compiled:
+    """`template` split at its IAB macros: the text before the first, then for each macro its
+    name, its token as written and the text that follows it. Tokens that are not IAB macros
+    stay in the text."""
     names: list[str] = []
     tokens: list[str] = []
     texts: list[str] = []
     position = 0
     for match in _MACRO.finditer(template):
         name = match[1] or match[2]
-        if name != "ERRORCODE" and name not in _SAFE_CHARS:
+        if name != "ERRORCODE" and name not in _ENCODING_TABLES:
             continue  # not an IAB macro: left as written, part of the text around it
         texts.append(template[position : match.start()])
         names.append(name)
@@ -179,6 +194,10 @@ def _split(template: str) -> _Compiled:
     return texts[0], tuple(zip(names, tokens, texts[1:], strict=True))
 
 
+# Expanding a split template is a join, with no scan and no callback per macro. An upstream's
+# documents and URLs recur from request to request, so `expand` keeps the splits of templates up
+# to this size (at most 1024 of them: ~16 MiB) and splits longer ones anew.
+_COMPILE_CACHE_MAX_CHARS = 16 * 1024
 _split_cached = functools.lru_cache(maxsize=1024)(_split)
 
 

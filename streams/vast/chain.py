@@ -94,16 +94,18 @@ def resolve_ad(inline: Ad, wrappers: Sequence[Ad], macros: Macros, vast: str) ->
     then the InLine's own; a creative's tracking and clicks its own first, then each Wrapper's
     creatives of the same kind from the innermost outwards.
     """
+    # List comprehensions rather than generators throughout: a generator resumes per item.
     expand = macros.expand
     inherited = _inherited(wrappers)
+    chain = (*wrappers, inline)
     return ResolvedAd(
         id=inline.id,
         sequence=inline.sequence,
         ad_system=inline.ad_system,
         ad_title=inline.ad_title,
-        impressions=tuple(expand(url) for ad in (*wrappers, inline) for url in ad.impressions),
-        errors=tuple(expand(url) for ad in (*wrappers, inline) for url in ad.errors),
-        creatives=tuple(_merge(creative, inherited, macros) for creative in inline.creatives),
+        impressions=tuple([expand(url) for ad in chain for url in ad.impressions]),
+        errors=tuple([expand(url) for ad in chain for url in ad.errors]),
+        creatives=tuple([_merge(creative, inherited, expand) for creative in inline.creatives]),
         vast=expand(vast),
         wrappers=len(wrappers),
     )
@@ -135,9 +137,8 @@ def _inherited(wrappers: Sequence[Ad]) -> dict[CreativeKind, _Inherited]:
 
 
 def _merge(
-    creative: Creative, inherited: dict[CreativeKind, _Inherited], macros: Macros
+    creative: Creative, inherited: dict[CreativeKind, _Inherited], expand: Callable[[str], str]
 ) -> Creative:
-    expand = macros.expand
     extra = inherited.get(creative.kind)
     tracking: Iterable[Tracking] = creative.tracking
     click_tracking: Iterable[str] = creative.click_tracking
@@ -151,11 +152,11 @@ def _merge(
         click_through = click_through or extra.click_through
     return msgspec.structs.replace(
         creative,
-        media_files=tuple(_with_url(media, expand) for media in creative.media_files),
-        tracking=tuple(_with_url(event, expand) for event in tracking),
+        media_files=tuple([_with_url(media, expand) for media in creative.media_files]),
+        tracking=tuple([_with_url(event, expand) for event in tracking]),
         click_through=None if click_through is None else expand(click_through),
-        click_tracking=tuple(expand(url) for url in click_tracking),
-        custom_clicks=tuple(expand(url) for url in custom_clicks),
+        click_tracking=tuple([expand(url) for url in click_tracking]),
+        custom_clicks=tuple([expand(url) for url in custom_clicks]),
     )
 
 

@@ -266,7 +266,7 @@ class _Resolution:
                 self.hops.append(Hop(url, 200, _ms_since(started), cached=True))
                 return _Loaded(url, parse_vast(body), body)
         fetched = await self._get(url)
-        if fetched.status == 204 or not fetched.body.strip():
+        if fetched.status == 204 or not fetched.body or fetched.body.isspace():  # strip() copies
             raise NoAdError(f"empty response from {url}")
         document = parse_vast(fetched.body)
         if cache is not None and key is not None and document.ads:
