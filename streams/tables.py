@@ -17,8 +17,8 @@ rebuilt from a restored table (`streams.state.expiry`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 import faust
 import msgspec
@@ -77,19 +77,11 @@ def changelog_partitions(app_id: str, *, requests: int, campaigns: int) -> dict[
     return {f"{app_id}-{name}-changelog": counts[src] for name, src in TABLE_SOURCES.items()}
 
 
-class ChangelogSink(Protocol):
-    """Where a table's changelog records go: into the transaction of the event that wrote them
-    (`streams.stages.outputs.Outputs`)."""
-
-    async def send(
-        self,
-        source: EventT[Any],
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp_ms: int | None,
-        partition: int | None = None,
-    ) -> None: ...
+ChangelogSend = Callable[
+    [EventT[Any], str, bytes, bytes | None, int | None, int | None], Awaitable[None]
+]
+"""How a table sends a changelog record (source event, topic, key, value, timestamp,
+partition): `Outputs.send`, into the transaction of the event that wrote it."""
 
 
 class TypedTable(Generic[V]):
@@ -130,7 +122,7 @@ class TypedTable(Generic[V]):
     def delete(self, key: str, source: EventT[Any]) -> None:
         self._unflushed[key.encode()] = (None, source)
 
-    async def flush(self, sink: ChangelogSink) -> None:
+    async def flush(self, send: ChangelogSend) -> None:
         """Apply the batch's writes to the local store and send them to the changelog."""
         unflushed, self._unflushed = self._unflushed, {}
         if not unflushed:
@@ -146,7 +138,7 @@ class TypedTable(Generic[V]):
                         del store[key]
                 else:
                     store[key] = raw
-            await sink.send(source, topic, key, raw, None, source.message.partition)
+            await send(source, topic, key, raw, None, source.message.partition)
 
     def items(self) -> Iterator[tuple[str, V]]:
         """What the store holds (call between batches: unflushed writes are left out)."""

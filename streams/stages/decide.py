@@ -133,7 +133,7 @@ class Decider:
             with event_context(last):
                 self._expire(last)
         for table in (self.tables.campaigns, self.tables.frequency, self.tables.spend):
-            await table.flush(self.outputs)
+            await table.flush(self.outputs.send)
         await self.outputs.delivered()
         if self.lookaside is not None and (batch.changes.caps or batch.changes.spend):
             self.lookaside.write(batch.changes)

@@ -57,7 +57,7 @@ class Router:
         for partition, event in last_of_partition.items():
             for request_id in self.expiry.due(partition):
                 self.seen.delete(request_id, event)
-        await self.seen.flush(self.outputs)
+        await self.seen.flush(self.outputs.send)
         await self.outputs.delivered()
 
     async def _route(self, event: EventT[Any]) -> None:
