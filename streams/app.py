@@ -26,6 +26,7 @@ from prometheus_client import generate_latest
 
 from models.codec import encode
 from streams.faust_patches import (
+    FAILED_EXIT,
     Committer,
     SkippedEvents,
     TransactionalSender,
@@ -46,10 +47,6 @@ from streams.tables import RawTable, Tables, frequency_key
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
-
-STAGE_FAILED_EXIT = 70
-"""The worker's exit status when a stage fails mid-batch (e.g. the broker went away while a
-batch's outputs were in flight): a supervisor restarts it, as after a crash."""
 
 JSON = "application/json"
 # aiohttp takes the charset separately, so Prometheus' own constant (which names it) won't do.
@@ -174,7 +171,7 @@ def create_worker(
                     # tables from their changelogs and processes the batch again.
                     log.critical("a stage failed mid-batch: the worker exits", exc_info=True)
                     logging.shutdown()
-                    os._exit(STAGE_FAILED_EXIT)
+                    os._exit(FAILED_EXIT)
                 for event in events:
                     committer.finished(event.message.tp, event.message.offset)
 

@@ -25,7 +25,7 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    is in progress, flushes the producer's buffer, and commits exactly those offsets in the
    transactions of their partitions. Outputs, table writes and offsets commit together.
    While more than a batch of events waits, the timer's commits come less often: each costs
-   a few broker round trips per partition, and at 50 ms they took ~20% of a busy worker's CPU.
+   a few broker round trips per partition (at 50 ms, ~15-20% of a busy worker's CPU).
 5. **Events can be skipped and acked unseen.** A stream drops (and acks) events it fetched
    while its flow was paused or under an older consumer generation, expecting them to be
    fetched again; right after start-up they are not, and a SIGKILL test lost dozens of events
@@ -102,6 +102,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, Message
 
 log = logging.getLogger(__name__)
+
+FAILED_EXIT = 70
+"""The worker's exit status when it cannot go on safely (a stage failed mid-batch, a restore
+missed changelog records): a supervisor restarts it, and it starts over as after a crash."""
 
 
 def tune_clients(*, fetch_wait_ms: int, retry_backoff_ms: int, bootstrap_servers: str) -> None:
@@ -294,11 +298,6 @@ async def _last_records(
     return last
 
 
-RESTORE_FAILED_EXIT = 70
-"""The worker's exit status when a restore missed changelog records (as a failed stage,
-`streams.app.STAGE_FAILED_EXIT`): a restarted worker restores again."""
-
-
 def check_restores() -> None:
     """Item 10: a restore that did not read every record up to a partition's end never
     completes: the worker exits instead, before any stream resumes."""
@@ -336,7 +335,7 @@ def check_restores() -> None:
                 "%s; the worker exits", missed,
             )  # fmt: skip
             logging.shutdown()
-            os._exit(RESTORE_FAILED_EXIT)
+            os._exit(FAILED_EXIT)
         await completed(self, generation_id)
 
     recovery_class._seek_offsets = seek_offsets_noted

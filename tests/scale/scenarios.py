@@ -45,8 +45,8 @@ from infra.redis_server import RedisServer
 from models.codec import encode
 from models.events import AdRequest, Campaign
 from models.money import to_micros
-from streams.app import STAGE_FAILED_EXIT
 from streams.decisions import Decision
+from streams.faust_patches import FAILED_EXIT
 from streams.invariants import budget_violations, cap_violations, spend_by_campaign
 from streams.lookaside import CapView, SpendView, cap_key, spend_key
 from streams.worker_process import WorkerFailed, WorkerProcess
@@ -1082,7 +1082,7 @@ async def broker_restart(env: Env, size: Size) -> Result:
                 result.timings_s["broker_back_to_worker_restarted"] = round(
                     supervisor.restarted_at[-1] - back, 3
                 )
-            if any(code not in (STAGE_FAILED_EXIT, 1) for code in supervisor.exit_codes):
+            if any(code not in (FAILED_EXIT, 1) for code in supervisor.exit_codes):
                 result.fail(f"a worker died unexpectedly: {supervisor.exit_codes}")
     finally:
         await asyncio.to_thread(broker.stop)
