@@ -3,7 +3,7 @@ small size; the same scenarios at the full size carry the `full` marker (`-m ful
 
 A scenario failing now and then on an open worker problem (docs/reliability.md, "Open
 problems") goes into `UNSTABLE`: it then carries the `unstable` marker and runs only with
-`-m unstable` until fixed. None does at present.
+`-m unstable` until fixed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import pytest
 
 from tests.scale.scenarios import FULL, SCENARIOS, SMALL, Env, Size, check, run
 
-UNSTABLE: dict[str, str] = {}
+UNSTABLE: dict[str, str] = {
+    "scale_out": "a restore can still read nothing of a changelog partition; the worker exits "
+    "(faust_patches item 10) and this scenario restarts no exited worker",
+}
 """Scenario name -> the open problem that makes it fail now and then."""
 
 
