@@ -14,10 +14,7 @@ import pytest
 
 from tests.scale.scenarios import FULL, SCENARIOS, SMALL, Env, Size, check, run
 
-UNSTABLE: dict[str, str] = {
-    "scale_out": "a restore can still read nothing of a changelog partition; the worker exits "
-    "(faust_patches item 10) and this scenario restarts no exited worker",
-}
+UNSTABLE: dict[str, str] = {}
 """Scenario name -> the open problem that makes it fail now and then."""
 
 
