@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True):
     later update counts what was served within it. A campaign's longest cap window, if
     longer, is kept instead; a window longer than this counts only this much of what was
     served before the cap was added or lengthened."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """uvloop costs the worker less CPU per decision; asyncio's own loop is the fallback."""
     log_level: str = "info"
 
     # The environment variable each field is read from.
@@ -84,6 +86,7 @@ class Settings(msgspec.Struct, frozen=True):
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
         "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",
         "impression_history_s": "ADSTREAM_IMPRESSION_HISTORY_S",
+        "event_loop": "ADSTREAM_EVENT_LOOP",
         "log_level": "ADSTREAM_LOG_LEVEL",
     }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import uvloop
 
 from streams import logs
 from streams.admin import ensure_changelogs, ensure_topics
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 def run(settings: Settings) -> None:
     """Create missing topics, then run the Faust worker in this process until stopped."""
     logs.configure(settings.log_level)
+    if settings.event_loop == "uvloop":
+        # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     topics = Topics.named(settings.topic_prefix, settings.app_id)
     partitions = asyncio.run(
