@@ -115,10 +115,12 @@ class Macros:
         self._unix_timestamp = unix_timestamp
         self._values: dict[str, str] = {}
 
-    def expand(self, template: str, *, error_code: int | None = None) -> str:
+    def expand(self, template: str, *, error_code: int | None = None, in_xml: bool = False) -> str:
         """`template` with every IAB macro replaced by its encoded value, in one pass.
 
         Pass `error_code` for error pixels only: without it `[ERRORCODE]` stays as it is.
+        `in_xml`: `template` is XML source (a whole VAST document), where a value may land in
+        an attribute quoted with `'`, which encodeURIComponent keeps: it becomes %27 there.
         """
         if "[" not in template and "%%" not in template:
             return template
@@ -138,7 +140,7 @@ class Macros:
                 else:
                     raw = self._raw_value(name)
                     value = values[name] = _percent_encode(raw, _ENCODING_TABLES[name])
-            append(value)
+            append(value.replace("'", "%27") if in_xml else value)
             append(literal)
         return "".join(parts)
 

@@ -106,7 +106,7 @@ def resolve_ad(inline: Ad, wrappers: Sequence[Ad], macros: Macros, vast: str) ->
         impressions=tuple([expand(url) for ad in chain for url in ad.impressions]),
         errors=tuple([expand(url) for ad in chain for url in ad.errors]),
         creatives=tuple([_merge(creative, inherited, expand) for creative in inline.creatives]),
-        vast=expand(vast),
+        vast=macros.expand(vast, in_xml=True),
         wrappers=len(wrappers),
     )
 

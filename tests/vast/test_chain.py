@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import quote, unquote
 
 import pytest
+from lxml import etree
 
 from models.context import SessionContext
 from streams.macros import Macros
@@ -150,3 +152,20 @@ def test_merge_order_and_macros() -> None:
     assert nonlinear.tracking == ()
     assert resolved.vast == f"<VAST>{context.cachebusting}</VAST>"
     assert resolved.wrappers == 2
+
+
+def test_a_value_cannot_break_out_of_a_single_quoted_attribute_of_the_document() -> None:
+    # encodeURIComponent keeps ', so in a URL it stays; in the document it would end the
+    # attribute it lands in and let the request's params write markup.
+    page = "http://site/?q=' onload='x"
+    document = vast(inline(impression="http://i/imp?page=[PAGEURL]"))
+    document = document.replace("<Ad ", "<Ad data-page='[PAGEURL]' ", 1)
+    ad = parse_vast(document.encode()).ads[0]
+
+    resolved = resolve_ad(ad, [], Macros(SessionContext.create(), {"PAGEURL": page}), document)
+
+    element = etree.fromstring(resolved.vast.encode()).find("Ad")
+    assert element is not None
+    assert unquote(element.get("data-page") or "") == page
+    assert set(element.attrib) == {"id", "data-page"}
+    assert resolved.impressions == ("http://i/imp?page=" + quote(page, safe="!'()*"),)
