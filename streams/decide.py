@@ -52,8 +52,9 @@ class Reservation:
     t: int
     cost: int
     keep_ms: int
-    """How much impression history the campaign keeps (`frequency.kept_ms`) under the rules
-    it was reserved by; a served one of an identified user is recorded with it."""
+    keep_count: int
+    """How much impression history the campaign keeps (`frequency.kept_ms`, `kept_count`)
+    under the rules it was reserved by; a served one of an identified user is recorded so."""
 
     @property
     def recorded(self) -> bool:
@@ -73,6 +74,10 @@ class DecisionBook:
     def keep_ms(self, rules: CampaignRules) -> int:
         """How much impression history a campaign with these rules keeps."""
         return frequency.kept_ms(rules.longest_window_ms, self.history_ms)
+
+    def keep_count(self, rules: CampaignRules) -> int:
+        """How many impression times a campaign with these rules keeps at most."""
+        return frequency.kept_count(rules.caps)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -128,7 +133,7 @@ class DecisionBook:
             # past t's windows, which one-at-a-time decisions would refuse as late.
             with_pending = Impressions(list(impressions.times), impressions.horizon)
             for r in mine:
-                frequency.record(with_pending, r.t, r.keep_ms)
+                frequency.record(with_pending, r.t, r.keep_ms, r.keep_count)
             if frequency.is_late(with_pending, rules.caps, t) or (
                 frequency.blocking_cap(with_pending.times, rules.caps, t) is not None
             ):

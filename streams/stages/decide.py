@@ -292,6 +292,7 @@ class _Batch:
                 t=t,
                 cost=verdict.cost,
                 keep_ms=self.book.keep_ms(rules),
+                keep_count=self.book.keep_count(rules),
             )
         )
         task = asyncio.create_task(decider.resolve(rules, request))
@@ -329,7 +330,9 @@ class _Batch:
         if reservation.recorded and reservation.user_id is not None:
             key = frequency_key(rules.campaign_id, reservation.user_id)
             entry = tables.frequency.get(key) or CapEntry(Impressions(), event.message.partition)
-            frequency.record(entry.impressions, reservation.t, reservation.keep_ms)
+            frequency.record(
+                entry.impressions, reservation.t, reservation.keep_ms, reservation.keep_count
+            )
             tables.frequency.set(key, entry, event)
             self.decider.expiry.add(
                 entry.partition, key, frequency.expires_at(entry.impressions, reservation.keep_ms)

@@ -18,11 +18,18 @@ So a window no longer than the history is always exact. A window longer than the
 counts what is kept: everything once the cap has been in force for its whole window, but
 only the history's worth of impressions served before the cap was added or lengthened.
 
+The list also keeps at most `kept_count(caps)` times, the newest: at least
+`MAX_KEPT_IMPRESSIONS`, more if a cap allows more. Without that bound one key that takes all
+traffic (an edge sending every request with the same user id, a bot on an uncapped campaign)
+would grow without end: every check scans it, and its changelog record passes Kafka's 1 MiB
+limit at ~110k times, which would stop the worker. A cap of `max` needs only the newest `max`
+times of a window to be exact, so in-order requests stay exact.
+
 A request more than the allowed lateness behind the newest impression whose windows reach
 behind the horizon cannot be checked exactly, so it is refused (`late`) rather than risk the
-cap. Within the allowed lateness a request is never refused as late: with the caps unchanged
-its windows miss nothing dropped, and a window reaching further back than was kept (a cap
-added or lengthened since) counts what is kept.
+cap. Within the allowed lateness a request is never refused as late, unless the list is at its
+length bound: with the caps unchanged its windows miss nothing dropped for age, and a window
+reaching further back than was kept (a cap added or lengthened since) counts what is kept.
 """
 
 from __future__ import annotations
@@ -41,9 +48,18 @@ DEFAULT_HISTORY_MS = 7 * 86_400_000
 """The impression history horizon a worker keeps unless told otherwise (7 days)."""
 
 
+MAX_KEPT_IMPRESSIONS = 10_000
+"""The fewest impression times a full list keeps (`kept_count`): ~90 KB of changelog record."""
+
+
 def kept_ms(longest_window_ms: int, history_ms: int) -> int:
     """How much event time of impressions (before the newest) is kept, lateness aside."""
     return max(longest_window_ms, history_ms)
+
+
+def kept_count(caps: Iterable[Cap]) -> int:
+    """How many impression times are kept at most under these caps."""
+    return max([MAX_KEPT_IMPRESSIONS, *(cap.max for cap in caps)])
 
 
 class Impressions(msgspec.Struct):
@@ -80,15 +96,20 @@ def is_late(impressions: Impressions, caps: Sequence[Cap], t: int) -> bool:
         return False
     newest = impressions.times[-1] if impressions.times else impressions.horizon
     longest = max((cap.window_ms for cap in caps), default=0)
-    return t < newest - ALLOWED_LATENESS_MS and t - longest < impressions.horizon
+    if t - longest >= impressions.horizon:
+        return False  # its windows miss nothing that was dropped
+    # Within the lateness only a list cut to its length bound can miss what a window held.
+    cut_to_length = len(impressions.times) >= MAX_KEPT_IMPRESSIONS
+    return t < newest - ALLOWED_LATENESS_MS or (cut_to_length and t < newest)
 
 
-def record(impressions: Impressions, t: int, keep_ms: int) -> None:
-    """Add a served impression at `t` and drop what is more than `keep_ms` (`kept_ms`) plus
-    the allowed lateness older than the newest impression."""
+def record(impressions: Impressions, t: int, keep_ms: int, keep_count: int) -> None:
+    """Add a served impression at `t`, drop what is more than `keep_ms` (`kept_ms`) plus the
+    allowed lateness older than the newest impression, and keep at most the newest
+    `keep_count` (`kept_count`)."""
     insort(impressions.times, t)
     drop_through = impressions.times[-1] - keep_ms - ALLOWED_LATENESS_MS
-    cut = bisect_right(impressions.times, drop_through)
+    cut = max(bisect_right(impressions.times, drop_through), len(impressions.times) - keep_count)
     if cut:
         # The newest time dropped, not `drop_through`: that depends on the order impressions
         # are recorded in (a worker records them as their upstream calls end).

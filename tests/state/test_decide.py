@@ -88,6 +88,7 @@ def reservation(
         t=t,
         cost=rules.cost_micros,
         keep_ms=frequency.kept_ms(rules.longest_window_ms, history_ms),
+        keep_count=frequency.kept_count(rules.caps),
     )
 
 
@@ -176,8 +177,10 @@ def test_frequency_cap_boundary_of_the_window() -> None:
 def test_late_request_is_refused_as_a_frequency_cap() -> None:
     rules = make_rules(caps=((1, 60),))
     impressions = Impressions()
-    frequency.record(impressions, T0, rules.longest_window_ms)
-    frequency.record(impressions, T0 + 5 * HOUR, rules.longest_window_ms)
+    frequency.record(impressions, T0, rules.longest_window_ms, frequency.MAX_KEPT_IMPRESSIONS)
+    frequency.record(
+        impressions, T0 + 5 * HOUR, rules.longest_window_ms, frequency.MAX_KEPT_IMPRESSIONS
+    )
     assert impressions.times == [T0 + 5 * HOUR]
     # The window (T0 - 30 s, T0 + 30 s] held the impression dropped at T0.
     assert evaluate(DecisionBook(), rules, t=T0 + 30_000, impressions=impressions) == Deny(
@@ -244,7 +247,7 @@ def test_wait_when_only_a_pending_reservation_takes_the_last_cap_slot() -> None:
     assert len(book) == 0
     assert evaluate(book, rules, t=T0 + 1, impressions=impressions) == Reserve(2_500)
     # Served instead: committed, and now the cap refuses outright.
-    frequency.record(impressions, ended.t, rules.longest_window_ms)
+    frequency.record(impressions, ended.t, rules.longest_window_ms, frequency.MAX_KEPT_IMPRESSIONS)
     verdict = evaluate(book, rules, t=T0 + 1, impressions=impressions)
     assert verdict == Deny("frequency_cap", "2/3600s")
 
@@ -266,7 +269,9 @@ def test_wait_when_a_pending_reservation_would_drop_what_the_windows_need() -> N
     book.reserve(reservation("r-1", rules=rules, t=T0 + 3 * HOUR))
     late = T0 + 30_000
     assert evaluate(book, rules, t=late, impressions=impressions) == Wait(frozenset({"r-1"}))
-    frequency.record(impressions, book.end("r-1").t, rules.longest_window_ms)
+    frequency.record(
+        impressions, book.end("r-1").t, rules.longest_window_ms, frequency.MAX_KEPT_IMPRESSIONS
+    )
     assert evaluate(book, rules, t=late, impressions=impressions) == Deny("frequency_cap", "late")
     # Released instead: nothing was dropped, and the request fits.
     book.reserve(reservation("r-2", rules=rules, t=T0 + 3 * HOUR))
@@ -544,7 +549,7 @@ def reference(
             served.append(r)
             if r.user_id is not None:  # capped campaign or not
                 keep = frequency.kept_ms(rule.longest_window_ms, history_ms)
-                frequency.record(impressions[key], r.t, keep)
+                frequency.record(impressions[key], r.t, keep, frequency.MAX_KEPT_IMPRESSIONS)
             spend.charge(spends[r.campaign_id], rule.cost_micros, r.t)
             expected.append(Expected(("served", rule.cost_micros)))
         else:
@@ -588,7 +593,10 @@ class Worker:
         if ended.recorded:
             key = (ended.campaign_id, ended.user_id)
             frequency.record(
-                self.impressions.setdefault(key, Impressions()), ended.t, ended.keep_ms
+                self.impressions.setdefault(key, Impressions()),
+                ended.t,
+                ended.keep_ms,
+                ended.keep_count,
             )
         spend.charge(self.spends.setdefault(ended.campaign_id, Spend()), ended.cost, ended.t)
         self.outcomes[request_id] = ("served", ended.cost)
@@ -635,6 +643,7 @@ class Worker:
                 t=r.t,
                 cost=verdict.cost,
                 keep_ms=self.book.keep_ms(rules),
+                keep_count=self.book.keep_count(rules),
             )
         )
         self.outcomes[r.request_id] = ("pending",)
@@ -832,13 +841,18 @@ def test_the_order_reservations_end_in_does_not_change_later_decisions() -> None
     for order in (["b", "c"], ["c", "b"]):
         book = DecisionBook(history_ms=0)
         impressions = Impressions()
-        frequency.record(impressions, a, rules.longest_window_ms)
+        frequency.record(impressions, a, rules.longest_window_ms, frequency.MAX_KEPT_IMPRESSIONS)
         for request_id, t in (("b", b), ("c", c)):
             verdict = evaluate(book, rules, t=t, impressions=impressions, request_id=request_id)
             assert verdict == Reserve(2_500)
             book.reserve(reservation(request_id, rules=rules, t=t))
         for request_id in order:
-            frequency.record(impressions, book.end(request_id).t, rules.longest_window_ms)
+            frequency.record(
+                impressions,
+                book.end(request_id).t,
+                rules.longest_window_ms,
+                frequency.MAX_KEPT_IMPRESSIONS,
+            )
         verdicts.append(evaluate(book, rules, t=d, impressions=impressions))
     # One at a time (b, c served, then d): d's windows reach no further back than what b
     # dropped, and hold no impression.

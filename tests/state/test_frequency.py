@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,13 +13,16 @@ from hypothesis import strategies as st
 from streams.state.campaigns import Cap
 from streams.state.frequency import (
     ALLOWED_LATENESS_MS,
+    MAX_KEPT_IMPRESSIONS,
     Impressions,
     blocking_cap,
     expires_at,
     is_late,
+    kept_count,
     kept_ms,
     record,
 )
+from streams.tables import CapEntry
 
 T0 = 1_700_000_000_000
 SECOND = 1_000
@@ -33,7 +37,7 @@ def serve_all(times: Sequence[int], caps: Sequence[Cap]) -> tuple[Impressions, l
     served = []
     for t in times:
         if blocking_cap(impressions.times, caps, t) is None and not is_late(impressions, caps, t):
-            record(impressions, t, longest)
+            record(impressions, t, longest, MAX_KEPT_IMPRESSIONS)
             served.append(t)
     return impressions, served
 
@@ -51,7 +55,7 @@ def test_the_max_th_impression_is_allowed_and_the_next_denied() -> None:
     impressions = Impressions()
     for i in range(3):
         assert blocking_cap(impressions.times, [cap], T0 + i) is None
-        record(impressions, T0 + i, cap.window_ms)
+        record(impressions, T0 + i, cap.window_ms, MAX_KEPT_IMPRESSIONS)
     assert impressions.times == [T0, T0 + 1, T0 + 2]
     assert blocking_cap(impressions.times, [cap], T0 + 3) == cap
     assert blocking_cap(impressions.times, [cap], T0 + HOUR - 1) == cap
@@ -122,7 +126,7 @@ def test_a_late_request_between_two_impressions() -> None:
 def test_record_keeps_times_sorted() -> None:
     impressions = Impressions()
     for t in [T0 + 5, T0 + 1, T0 + 3, T0 + 1]:
-        record(impressions, t, MINUTE)
+        record(impressions, t, MINUTE, MAX_KEPT_IMPRESSIONS)
     assert impressions.times == [T0 + 1, T0 + 1, T0 + 3, T0 + 5]
     assert impressions.horizon == 0
 
@@ -130,9 +134,9 @@ def test_record_keeps_times_sorted() -> None:
 def test_record_drops_what_no_window_can_see_and_remembers_how_far() -> None:
     cap = Cap(max=1, window_ms=MINUTE)
     impressions = Impressions()
-    record(impressions, T0, cap.window_ms)
+    record(impressions, T0, cap.window_ms, MAX_KEPT_IMPRESSIONS)
     newest = T0 + MINUTE + ALLOWED_LATENESS_MS
-    record(impressions, newest, cap.window_ms)
+    record(impressions, newest, cap.window_ms, MAX_KEPT_IMPRESSIONS)
     assert impressions.times == [newest]
     assert impressions.horizon == T0
     # Windows of t reach back to t - window: exactly at the horizon is still exact.
@@ -143,8 +147,8 @@ def test_record_drops_what_no_window_can_see_and_remembers_how_far() -> None:
 
 def test_nothing_is_dropped_within_the_allowed_lateness() -> None:
     impressions = Impressions()
-    record(impressions, T0, MINUTE)
-    record(impressions, T0 + MINUTE + ALLOWED_LATENESS_MS - 1, MINUTE)
+    record(impressions, T0, MINUTE, MAX_KEPT_IMPRESSIONS)
+    record(impressions, T0 + MINUTE + ALLOWED_LATENESS_MS - 1, MINUTE, MAX_KEPT_IMPRESSIONS)
     assert impressions.times == [T0, T0 + MINUTE + ALLOWED_LATENESS_MS - 1]
     assert impressions.horizon == 0
     assert not is_late(impressions, [Cap(1, MINUTE)], T0 - 10 * HOUR)
@@ -152,8 +156,8 @@ def test_nothing_is_dropped_within_the_allowed_lateness() -> None:
 
 def test_a_late_impression_is_dropped_at_once() -> None:
     impressions = Impressions()
-    record(impressions, T0 + 10 * HOUR, MINUTE)
-    record(impressions, T0, MINUTE)
+    record(impressions, T0 + 10 * HOUR, MINUTE, MAX_KEPT_IMPRESSIONS)
+    record(impressions, T0, MINUTE, MAX_KEPT_IMPRESSIONS)
     assert impressions.times == [T0 + 10 * HOUR]
     assert impressions.horizon == T0
 
@@ -177,7 +181,7 @@ def test_an_uncapped_campaign_keeps_its_history() -> None:
     history = 24 * HOUR
     impressions = Impressions()
     for t in (T0, T0 + 12 * HOUR, T0 + history + ALLOWED_LATENESS_MS):
-        record(impressions, t, kept_ms(0, history))
+        record(impressions, t, kept_ms(0, history), MAX_KEPT_IMPRESSIONS)
     # T0 is exactly at the edge: dropped; 12 h later is kept.
     assert impressions.times == [T0 + 12 * HOUR, T0 + history + ALLOWED_LATENESS_MS]
     assert impressions.horizon == T0
@@ -191,7 +195,7 @@ def test_within_the_allowed_lateness_nothing_is_late_and_what_is_kept_counts() -
     # horizon. A request within the allowed lateness counts what is kept, ...
     impressions = Impressions()
     for t in (T0, T0 + 3 * HOUR):
-        record(impressions, t, HOUR)
+        record(impressions, t, HOUR, MAX_KEPT_IMPRESSIONS)
     assert impressions.times == [T0 + 3 * HOUR]
     assert impressions.horizon == T0
     longer = [Cap(2, 6 * HOUR)]
@@ -208,8 +212,8 @@ def test_within_the_allowed_lateness_nothing_is_late_and_what_is_kept_counts() -
 def test_expires_at() -> None:
     impressions = Impressions()
     assert expires_at(impressions, HOUR) == HOUR + ALLOWED_LATENESS_MS
-    record(impressions, T0, HOUR)
-    record(impressions, T0 - 5, HOUR)
+    record(impressions, T0, HOUR, MAX_KEPT_IMPRESSIONS)
+    record(impressions, T0 - 5, HOUR, MAX_KEPT_IMPRESSIONS)
     assert expires_at(impressions, HOUR) == T0 + HOUR + ALLOWED_LATENESS_MS
     pruned = Impressions(times=[], horizon=T0)
     assert expires_at(pruned, HOUR) == T0 + HOUR + ALLOWED_LATENESS_MS
@@ -220,7 +224,7 @@ def test_state_stays_bounded_over_a_long_in_order_stream() -> None:
     impressions = Impressions()
     step = MINUTE
     for i in range(24 * 60):
-        record(impressions, T0 + i * step, cap.window_ms)
+        record(impressions, T0 + i * step, cap.window_ms, MAX_KEPT_IMPRESSIONS)
     assert len(impressions.times) <= (HOUR + ALLOWED_LATENESS_MS) // step + 1
     assert impressions.times[-1] == T0 + (24 * 60 - 1) * step
     assert impressions.horizon == impressions.times[-1] - HOUR - ALLOWED_LATENESS_MS
@@ -312,7 +316,7 @@ def test_out_of_order_decisions_are_exact_unless_late(caps: list[Cap], times: li
         else:
             assert fits == fits_by_brute_force(served, caps, t), t
         if fits and not late:
-            record(impressions, t, longest)
+            record(impressions, t, longest, MAX_KEPT_IMPRESSIONS)
             served.append(t)
 
 
@@ -340,7 +344,7 @@ def test_pruning_keeps_state_bounded(caps: list[Cap], gaps: list[int]) -> None:
     t = T0
     for gap in gaps:
         t += gap
-        record(impressions, t, longest)
+        record(impressions, t, longest, MAX_KEPT_IMPRESSIONS)
         assert impressions.times[0] > t - longest - ALLOWED_LATENESS_MS
     assert impressions.times[-1] == t
 
@@ -352,9 +356,9 @@ def test_recording_order_does_not_change_the_state() -> None:
     c = b + 31 * MINUTE
     in_stream_order, as_they_ended = Impressions(), Impressions()
     for t in (a, b, c):
-        record(in_stream_order, t, longest)
+        record(in_stream_order, t, longest, MAX_KEPT_IMPRESSIONS)
     for t in (a, c, b):
-        record(as_they_ended, t, longest)
+        record(as_they_ended, t, longest, MAX_KEPT_IMPRESSIONS)
     assert in_stream_order == as_they_ended
     late_or_not = b - HOUR
     caps = [Cap(1, longest)]
@@ -369,8 +373,60 @@ def test_the_state_is_a_function_of_the_impressions_not_their_order(
     longest = 2 * UNIT
     in_order, shuffled = Impressions(), Impressions()
     for t in times:
-        record(in_order, t, longest)
+        record(in_order, t, longest, MAX_KEPT_IMPRESSIONS)
     random.shuffle(times)
     for t in times:
-        record(shuffled, t, longest)
+        record(shuffled, t, longest, MAX_KEPT_IMPRESSIONS)
     assert in_order == shuffled
+
+
+# -- the length bound ----------------------------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(caps_strategy, st.lists(event_time, max_size=40))
+def test_in_order_decisions_stay_exact_keeping_only_the_largest_cap_of_times(
+    caps: list[Cap], times: list[int]
+) -> None:
+    in_order = sorted(times)
+    longest = max(cap.window_ms for cap in caps)
+    keep_count = max(cap.max for cap in caps)  # the fewest that keep every cap exact
+    impressions, served = Impressions(), []
+    for t in in_order:
+        if blocking_cap(impressions.times, caps, t) is None and not is_late(impressions, caps, t):
+            record(impressions, t, longest, keep_count)
+            served.append(t)
+        assert len(impressions.times) <= keep_count
+    assert served == serve_all(in_order, caps)[1]
+
+
+def test_one_key_taking_all_traffic_stays_small_enough_for_a_changelog_record() -> None:
+    # An uncapped campaign and a user id every request carries: every request is served.
+    impressions = Impressions()
+    for i in range(3 * MAX_KEPT_IMPRESSIONS):
+        record(impressions, T0 + i * SECOND, kept_ms(0, 7 * 24 * HOUR), kept_count([]))
+    assert len(impressions.times) == MAX_KEPT_IMPRESSIONS
+    assert impressions.times[0] == T0 + 2 * MAX_KEPT_IMPRESSIONS * SECOND
+    assert impressions.horizon == impressions.times[0] - SECOND
+    assert len(msgspec.msgpack.encode(CapEntry(impressions, 0))) < 128 * 1024
+
+
+def test_a_cap_allowing_more_than_the_bound_keeps_as_many() -> None:
+    assert kept_count([]) == MAX_KEPT_IMPRESSIONS
+    assert kept_count([Cap(3, HOUR), Cap(25_000, 24 * HOUR)]) == 25_000
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_behind_the_newest_a_list_cut_to_its_length_refuses_what_it_cannot_count(
+    cut: bool,
+) -> None:
+    impressions = Impressions()
+    count = MAX_KEPT_IMPRESSIONS + (1 if cut else 0)
+    for i in range(count):
+        record(impressions, T0 + i * SECOND, 24 * HOUR, MAX_KEPT_IMPRESSIONS)
+    assert (impressions.horizon > 0) is cut
+    caps = [Cap(MAX_KEPT_IMPRESSIONS, 24 * HOUR)]
+    newest = impressions.times[-1]
+    # A minute behind: within the allowed lateness, but its day reaches past what was cut.
+    assert is_late(impressions, caps, newest - MINUTE) is cut
+    assert not is_late(impressions, caps, newest)
