@@ -48,6 +48,11 @@ class Settings(msgspec.Struct, frozen=True):
     batch_wait_s: float = 0.005
     hop_timeout_s: float = 1.0
     chain_timeout_s: float = 2.0
+    breaker_timeouts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    """Timeouts in a row after which an upstream endpoint (its URL without the query) is
+    failed at once (301) for a cooldown, so that one slow ad server does not slow every
+    batch; 0 turns this off."""
+    breaker_cooldown_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     standby_replicas: int = 0
     block_private_addresses: bool = False
     """The SSRF guard: upstream URLs may reach only global addresses (and `allowed_networks`)."""
@@ -82,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True):
         "batch_wait_s": "ADSTREAM_BATCH_WAIT_S",
         "hop_timeout_s": "ADSTREAM_HOP_TIMEOUT_S",
         "chain_timeout_s": "ADSTREAM_CHAIN_TIMEOUT_S",
+        "breaker_timeouts": "ADSTREAM_BREAKER_TIMEOUTS",
+        "breaker_cooldown_s": "ADSTREAM_BREAKER_COOLDOWN_S",
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
         "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",

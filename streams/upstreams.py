@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from models.events import AdRequest
 from streams.state.campaigns import CampaignRules
+from streams.vast.breaker import CircuitBreaker
 from streams.vast.result import VastResult
 from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
@@ -20,11 +21,14 @@ class CampaignUpstreams:
         hop_timeout: float,
         chain_timeout: float,
         retry: RetryPolicy,
+        breaker: CircuitBreaker | None,
     ) -> None:
         self.transport = transport
         self.hop_timeout = hop_timeout
         self.chain_timeout = chain_timeout
         self.retry = retry
+        self.breaker = breaker
+        """One for all campaigns: an ad server that is slow is slow for each of them."""
         self._upstreams: dict[str, tuple[int, VastUpstream]] = {}
 
     def upstream_for(self, rules: CampaignRules) -> VastUpstream:
@@ -37,6 +41,7 @@ class CampaignUpstreams:
             hop_timeout=self.hop_timeout,
             timeout=self.chain_timeout,
             retry=self.retry,
+            breaker=self.breaker,
         )
         self._upstreams[rules.campaign_id] = (rules.version, upstream)
         return upstream

@@ -25,6 +25,7 @@ from streams.settings import Settings
 from streams.tables import changelog_partitions
 from streams.topics import Topics
 from streams.upstreams import CampaignUpstreams
+from streams.vast.breaker import CircuitBreaker
 from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
 
@@ -54,6 +55,13 @@ def run(settings: Settings) -> None:
         hop_timeout=settings.hop_timeout_s,
         chain_timeout=settings.chain_timeout_s,
         retry=RetryPolicy(max_retries=1),
+        breaker=(
+            CircuitBreaker(
+                threshold=settings.breaker_timeouts, cooldown=settings.breaker_cooldown_s
+            )
+            if settings.breaker_timeouts
+            else None
+        ),
     )
     metrics = Metrics()
     lookaside = (

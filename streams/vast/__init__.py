@@ -7,13 +7,16 @@
     result.status, result.error_code, result.ads, result.chain
 
 Modules: `parse` (bytes to `Document`), `chain` (the wrapper-chain rules, pure), `transport`
-(HTTP), `guard` (SSRF), `retry`, `cache` (Redis), `pixels` (error reporting), `upstream`.
+(HTTP), `guard` (SSRF), `retry`, `breaker` (slow endpoints), `cache` (Redis), `pixels` (error
+reporting), `upstream`.
 """
 
+from streams.vast.breaker import CircuitBreaker
 from streams.vast.cache import ResponseCache
 from streams.vast.document import Ad, Creative, Document, MediaFile, Tracking, Wrapper
 from streams.vast.errors import (
     BlockedAddress,
+    CircuitOpen,
     DocumentError,
     FetchError,
     ForbiddenDoctype,
@@ -40,6 +43,8 @@ from streams.vast.upstream import VastUpstream
 __all__ = [
     "Ad",
     "BlockedAddress",
+    "CircuitBreaker",
+    "CircuitOpen",
     "Creative",
     "Document",
     "DocumentError",

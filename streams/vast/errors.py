@@ -75,6 +75,11 @@ class UpstreamTimeout(FetchError):
     retryable = True
 
 
+class CircuitOpen(FetchError):
+    """301: the endpoint timed out again and again and is not asked for now
+    (`streams.vast.breaker`); another attempt right away would fail the same way."""
+
+
 class UpstreamStatusError(FetchError):
     """301: the final HTTP status was not 2xx; 5xx responses are worth another try."""
 

@@ -23,9 +23,11 @@ import msgspec
 from models.context import SessionContext
 from streams.macros import Macros
 from streams.vast import chain
+from streams.vast.breaker import CircuitBreaker
 from streams.vast.cache import ResponseCache, cache_ttl
 from streams.vast.document import Ad, Document
 from streams.vast.errors import (
+    CircuitOpen,
     NoAdError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -53,6 +55,7 @@ class VastUpstream:
         hop_timeout: float = 2.0,
         timeout: float = 5.0,
         retry: RetryPolicy = NO_RETRIES,
+        breaker: CircuitBreaker | None = None,
         cache: ResponseCache | None = None,
         cache_ttl: float = 60.0,
         allow_multiple_ads: bool = True,
@@ -63,6 +66,8 @@ class VastUpstream:
         `url`: the tag (macros allowed) that `fetch` requests when given only params.
         `transport`: share one across upstreams; by default the upstream opens and owns one.
         `hop_timeout` bounds each document fetch, `timeout` the whole chain (retries included).
+        `breaker`: fail the URLs of an endpoint that keeps timing out at once for a while
+        (share one across upstreams; none by default).
         `cache`/`cache_ttl`: store this upstream's responses for up to `cache_ttl` seconds,
         less if a response's Cache-Control says so, never if it forbids it.
         `allow_multiple_ads`: whether the tag's response may be an ad pod.
@@ -77,6 +82,7 @@ class VastUpstream:
         self.hop_timeout = hop_timeout
         self.timeout = timeout
         self.retry = retry
+        self.breaker = breaker
         self.cache = cache
         self.cache_ttl = cache_ttl
         self.allow_multiple_ads = allow_multiple_ads
@@ -279,12 +285,15 @@ class _Resolution:
         """One hop: GET with retries, within the hop timeout and the chain deadline."""
         started = time.perf_counter()
         attempts = status = 0
+        breaker = self.upstream.breaker
         try:
             while True:
-                attempts += 1
                 now = self.loop.time()
                 if now >= self.deadline:
                     raise UpstreamTimeout(f"the chain deadline passed before {url}")
+                if breaker is not None and not breaker.allows(url):
+                    raise CircuitOpen(f"{url}: it keeps timing out; not asked for now")
+                attempts += 1
                 try:
                     fetched = await self._attempt(
                         url, min(now + self.upstream.hop_timeout, self.deadline)
@@ -304,11 +313,16 @@ class _Resolution:
             self.hops.append(Hop(url, status, _ms_since(started), attempts))
 
     async def _attempt(self, url: str, deadline: float) -> Fetched:
+        breaker = self.upstream.breaker
         try:
             async with asyncio.timeout_at(deadline):
                 fetched = await self.upstream.transport.get(url, cookies=self.cookies)
         except TimeoutError:
+            if breaker is not None:
+                breaker.timed_out(url)
             raise UpstreamTimeout(f"no response from {url} in time") from None
+        if breaker is not None:
+            breaker.answered(url)
         if not 200 <= fetched.status < 300:
             raise UpstreamStatusError(fetched.status, url)
         return fetched

@@ -1,0 +1,87 @@
+"""A circuit breaker per upstream endpoint: one that keeps timing out is failed at once.
+
+A request to a slow upstream costs its whole deadline, and a worker's batch waits for its
+slowest request, so one slow ad server would slow every decision of the worker, not just its
+own campaigns' (docs/reliability.md). After `threshold` timeouts in a row from one endpoint
+(scheme, host, port and path: the query is left out, as tags put per-request macros there, and
+other paths of the same server may be healthy), its URLs fail at once for `cooldown` seconds
+with the same IAB code as a timeout (301). Then one request is let through to probe it: any
+answer closes the breaker, another timeout opens it again for a cooldown.
+
+Pure bookkeeping on a clock, no I/O; `streams.vast.upstream` asks it before each hop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+DEFAULT_THRESHOLD = 5
+DEFAULT_COOLDOWN_S = 10.0
+MAX_TRACKED_ENDPOINTS = 10_000
+"""Endpoints with timeouts remembered at once: wrappers can name any URL, and hostile ones
+could name a new one each time; the oldest entries go first."""
+
+
+class _Endpoint:
+    __slots__ = ("open_until", "timeouts")
+
+    def __init__(self) -> None:
+        self.timeouts = 0
+        self.open_until = 0.0
+
+
+class CircuitBreaker:
+    """Shared by every upstream of a process; all methods are cheap and synchronous."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int = DEFAULT_THRESHOLD,
+        cooldown: float = DEFAULT_COOLDOWN_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if threshold < 1 or cooldown <= 0:
+            raise ValueError("threshold must be >= 1 and cooldown > 0")
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._endpoints: dict[str, _Endpoint] = {}
+
+    def allows(self, url: str) -> bool:
+        """Whether a request to `url` may go out now."""
+        if not self._endpoints:  # nothing has timed out: the usual case, and no URL parsing
+            return True
+        state = self._endpoints.get(endpoint_of(url))
+        if state is None or state.timeouts < self.threshold:
+            return True
+        now = self._clock()
+        if now < state.open_until:
+            return False
+        # The cooldown is over: this request probes the endpoint, and the others fail for
+        # another cooldown unless it answers (a probe that never reports back cannot keep
+        # the endpoint shut for good).
+        state.open_until = now + self.cooldown
+        return True
+
+    def timed_out(self, url: str) -> None:
+        endpoint = endpoint_of(url)
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            if len(self._endpoints) >= MAX_TRACKED_ENDPOINTS:
+                del self._endpoints[next(iter(self._endpoints))]
+            state = self._endpoints[endpoint] = _Endpoint()
+        state.timeouts += 1
+        if state.timeouts >= self.threshold:
+            state.open_until = self._clock() + self.cooldown
+
+    def answered(self, url: str) -> None:
+        """`url` answered (with any HTTP status): its endpoint is healthy again."""
+        if self._endpoints:
+            self._endpoints.pop(endpoint_of(url), None)
+
+
+def endpoint_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() + parts.path

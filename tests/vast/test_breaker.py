@@ -1,0 +1,146 @@
+"""The circuit breaker: its rules on a clock of our own, then a resolver using it against a
+slow upstream beside a healthy one on the same server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from models.context import SessionContext
+from streams.vast import CircuitBreaker, VastUpstream
+from streams.vast.breaker import MAX_TRACKED_ENDPOINTS
+from tests.upstream import VastServer, inline, vast
+
+SLOW = "http://ads.example:8080/vast?id=1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def breaker(clock: Clock) -> CircuitBreaker:
+    return CircuitBreaker(threshold=3, cooldown=10.0, clock=clock)
+
+
+def test_it_opens_after_threshold_timeouts_in_a_row(breaker: CircuitBreaker) -> None:
+    for _ in range(2):
+        breaker.timed_out(SLOW)
+        assert breaker.allows(SLOW)
+    breaker.timed_out(SLOW)
+    assert not breaker.allows(SLOW)
+
+
+def test_an_answer_between_timeouts_starts_the_count_again(breaker: CircuitBreaker) -> None:
+    breaker.timed_out(SLOW)
+    breaker.timed_out(SLOW)
+    breaker.answered(SLOW)
+    breaker.timed_out(SLOW)
+    breaker.timed_out(SLOW)
+    assert breaker.allows(SLOW)
+
+
+def test_after_the_cooldown_one_probe_goes_and_its_answer_closes(
+    breaker: CircuitBreaker, clock: Clock
+) -> None:
+    for _ in range(3):
+        breaker.timed_out(SLOW)
+    clock.now += 9.9
+    assert not breaker.allows(SLOW)
+    clock.now += 0.1
+    assert breaker.allows(SLOW)  # the probe
+    assert not breaker.allows(SLOW)  # the others wait for it
+    breaker.answered(SLOW)
+    assert breaker.allows(SLOW)
+    assert breaker.allows(SLOW)
+
+
+def test_a_probe_that_times_out_opens_it_for_another_cooldown(
+    breaker: CircuitBreaker, clock: Clock
+) -> None:
+    for _ in range(3):
+        breaker.timed_out(SLOW)
+    clock.now += 10
+    assert breaker.allows(SLOW)
+    clock.now += 1
+    breaker.timed_out(SLOW)
+    clock.now += 9.9
+    assert not breaker.allows(SLOW)
+    clock.now += 0.1
+    assert breaker.allows(SLOW)
+
+
+def test_a_probe_that_never_reports_back_does_not_shut_the_origin_for_good(
+    breaker: CircuitBreaker, clock: Clock
+) -> None:
+    for _ in range(3):
+        breaker.timed_out(SLOW)
+    clock.now += 10
+    assert breaker.allows(SLOW)
+    clock.now += 10
+    assert breaker.allows(SLOW)
+
+
+def test_endpoints_are_urls_without_their_query(breaker: CircuitBreaker) -> None:
+    for _ in range(3):
+        breaker.timed_out(SLOW)
+    assert not breaker.allows("http://ADS.example:8080/vast?id=2&cb=12345678")
+    assert breaker.allows("http://ads.example:8080/other/path")
+    assert breaker.allows("https://ads.example:8080/vast?id=1")
+    assert breaker.allows("http://ads.example/vast?id=1")
+    assert breaker.allows("http://cdn.example:8080/vast?id=1")
+
+
+def test_endpoints_remembered_are_bounded(breaker: CircuitBreaker) -> None:
+    for n in range(MAX_TRACKED_ENDPOINTS + 1):
+        breaker.timed_out(f"http://host-{n}.example/")
+    for _ in range(3):
+        breaker.timed_out("http://host-0.example/")  # forgotten: counts from zero again
+    assert not breaker.allows("http://host-0.example/")
+    assert len(breaker._endpoints) == MAX_TRACKED_ENDPOINTS
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker(threshold=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker(cooldown=0)
+
+
+async def test_a_slow_upstream_is_failed_at_once_while_open_and_others_are_unaffected(
+    server: VastServer, context: SessionContext
+) -> None:
+    slow = server.add(vast(inline()), delay=2.0)
+    healthy = server.add(vast(inline()))  # the same server, another path
+    breaker = CircuitBreaker(threshold=2, cooldown=0.5)
+    async with VastUpstream(hop_timeout=0.2, timeout=1.0, breaker=breaker) as upstream:
+        for _ in range(2):
+            started = time.monotonic()
+            result = await upstream.fetch(slow, context=context)
+            assert (result.status, result.error_code) == ("error", 301)
+            assert time.monotonic() - started >= 0.2
+
+        started = time.monotonic()
+        result = await upstream.fetch(slow, context=context)
+        assert (result.status, result.error_code) == ("error", 301)
+        assert time.monotonic() - started < 0.1
+        assert len(server.seen(slow)) == 2  # not asked again
+        assert (await upstream.fetch(healthy, context=context)).status == "inline"
+
+        # The cooldown over, the upstream fast again: the probe is served and closes it.
+        server.set(slow, vast(inline()))
+        await asyncio.sleep(0.5)
+        assert (await upstream.fetch(slow, context=context)).status == "inline"
+        assert (await upstream.fetch(slow, context=context)).status == "inline"
+        assert len(server.seen(slow)) == 4
