@@ -4,6 +4,7 @@ docs/reliability.md (generated; do not edit it by hand).
     .venv/bin/python -m bench.reliability                 # every scenario, small size
     .venv/bin/python -m bench.reliability --size full     # 1,000,000 state keys and more
     .venv/bin/python -m bench.reliability --only scale_out,broker_restart
+        # (reruns those; the report keeps the other scenarios' last results of that size)
     .venv/bin/python -m bench.reliability --render        # docs/reliability.md from the JSON
 
 The scenarios are those of `tests/scale/scenarios.py` (the pytest suite runs the same code).
@@ -19,6 +20,7 @@ import asyncio
 import inspect
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +69,25 @@ async def run_all(size: Size, names: Sequence[str], root: Path) -> list[Result]:
         finally:
             await runner.cleanup()
     return results
+
+
+def source() -> str:
+    """The checked-out commit, marked `-dirty` when tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def merged(last: Report, results: list[Result]) -> list[Result]:
+    """`results`, with the last report's results of the other scenarios if of the same size,
+    in the scenarios' order."""
+    by_name = {r.scenario: r for r in last.results} if last.size == results[0].size else {}
+    by_name.update({r.scenario: r for r in results})
+    return [by_name[name] for name in SCENARIOS if name in by_name]
 
 
 def machine() -> dict[str, Any]:
@@ -194,6 +215,15 @@ def render(report: Report) -> str:
         "DESIGN.md's invariants; the scenario code is `tests/scale/scenarios.py`, which "
         "`pytest tests/scale` runs too (`-m full` for the full size).",
         "",
+        *(
+            [
+                "That command reran only some scenarios; each section says which commit its "
+                "results come from.",
+                "",
+            ]
+            if len({result.source for result in report.results}) > 1
+            else []
+        ),
         "What every scenario checks (a failed check fails the scenario, and this script):",
         "",
         "- exactly one decision per valid request, no duplicate seen by a read_committed "
@@ -229,7 +259,8 @@ def render(report: Report) -> str:
             out += [doc, ""]
         out += [
             f"- outcomes: {describe(result.outcomes)}",
-            f"- resent duplicates: {number(result.resent)}; ran {result.seconds:.0f} s",
+            f"- resent duplicates: {number(result.resent)}; ran {result.seconds:.0f} s"
+            + (f" at commit {result.source}" if result.source else ""),
         ]
         out += [
             f"- {key.replace('_', ' ')}: {describe(v)} s" for key, v in result.timings_s.items()
@@ -262,6 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = machine()
     with tempfile.TemporaryDirectory(prefix="adstream-reliability-") as root:
         results = asyncio.run(run_all(SIZES[args.size], names, Path(root)))
+    commit = source()
+    for result in results:
+        result.source = commit
+    if args.only and RESULTS.exists():
+        results = merged(msgspec.json.decode(RESULTS.read_bytes(), type=Report), results)
     report = Report(
         generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         command="python -m bench.reliability" + (f" {' '.join(argv or sys.argv[1:])}".rstrip()),

@@ -8,6 +8,10 @@ other paths of the same server may be healthy), its URLs fail at once for `coold
 with the same IAB code as a timeout (301). Then one request is let through to probe it: any
 answer closes the breaker, another timeout opens it again for a cooldown.
 
+Only the upstream's slowness counts, not the worker's: a timeout noticed more than
+`MAX_LAG_S` after its deadline comes from an event loop too busy to read answers in time (a
+worker overloaded by its own backlog), and would otherwise shut healthy upstreams out.
+
 Pure bookkeeping on a clock, no I/O; `streams.vast.upstream` asks it before each hop.
 """
 
@@ -19,6 +23,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_THRESHOLD = 5
 DEFAULT_COOLDOWN_S = 10.0
+MAX_LAG_S = 0.02
 MAX_TRACKED_ENDPOINTS = 10_000
 """Endpoints with timeouts remembered at once: wrappers can name any URL, and hostile ones
 could name a new one each time; the oldest entries go first."""
@@ -65,7 +70,10 @@ class CircuitBreaker:
         state.open_until = now + self.cooldown
         return True
 
-    def timed_out(self, url: str) -> None:
+    def timed_out(self, url: str, lag: float) -> None:
+        """A request to `url` timed out, noticed `lag` seconds after its deadline."""
+        if lag > MAX_LAG_S:
+            return
         endpoint = endpoint_of(url)
         state = self._endpoints.get(endpoint)
         if state is None:

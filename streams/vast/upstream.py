@@ -319,7 +319,7 @@ class _Resolution:
                 fetched = await self.upstream.transport.get(url, cookies=self.cookies)
         except TimeoutError:
             if breaker is not None:
-                breaker.timed_out(url)
+                breaker.timed_out(url, lag=self.loop.time() - deadline)
             raise UpstreamTimeout(f"no response from {url} in time") from None
         if breaker is not None:
             breaker.answered(url)

@@ -125,6 +125,8 @@ class Result(msgspec.Struct):
     measures: dict[str, Any] = msgspec.field(default_factory=dict)
     problems: list[str] = msgspec.field(default_factory=list)
     seconds: float = 0.0
+    source: str = ""
+    """The commit the scenario ran at (`bench.reliability` fills it in)."""
 
     @property
     def ok(self) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 from models.context import SessionContext
 from streams.vast import CircuitBreaker, VastUpstream
-from streams.vast.breaker import MAX_TRACKED_ENDPOINTS
+from streams.vast.breaker import MAX_LAG_S, MAX_TRACKED_ENDPOINTS
 from tests.upstream import VastServer, inline, vast
 
 SLOW = "http://ads.example:8080/vast?id=1"
@@ -36,18 +36,29 @@ def breaker(clock: Clock) -> CircuitBreaker:
 
 def test_it_opens_after_threshold_timeouts_in_a_row(breaker: CircuitBreaker) -> None:
     for _ in range(2):
-        breaker.timed_out(SLOW)
+        breaker.timed_out(SLOW, lag=0.0)
         assert breaker.allows(SLOW)
-    breaker.timed_out(SLOW)
+    breaker.timed_out(SLOW, lag=0.0)
+    assert not breaker.allows(SLOW)
+
+
+def test_a_timeout_noticed_late_is_the_workers_overload_and_does_not_count(
+    breaker: CircuitBreaker,
+) -> None:
+    for _ in range(5):
+        breaker.timed_out(SLOW, lag=MAX_LAG_S * 2)
+    assert breaker.allows(SLOW)
+    for _ in range(3):
+        breaker.timed_out(SLOW, lag=MAX_LAG_S)
     assert not breaker.allows(SLOW)
 
 
 def test_an_answer_between_timeouts_starts_the_count_again(breaker: CircuitBreaker) -> None:
-    breaker.timed_out(SLOW)
-    breaker.timed_out(SLOW)
+    breaker.timed_out(SLOW, lag=0.0)
+    breaker.timed_out(SLOW, lag=0.0)
     breaker.answered(SLOW)
-    breaker.timed_out(SLOW)
-    breaker.timed_out(SLOW)
+    breaker.timed_out(SLOW, lag=0.0)
+    breaker.timed_out(SLOW, lag=0.0)
     assert breaker.allows(SLOW)
 
 
@@ -55,7 +66,7 @@ def test_after_the_cooldown_one_probe_goes_and_its_answer_closes(
     breaker: CircuitBreaker, clock: Clock
 ) -> None:
     for _ in range(3):
-        breaker.timed_out(SLOW)
+        breaker.timed_out(SLOW, lag=0.0)
     clock.now += 9.9
     assert not breaker.allows(SLOW)
     clock.now += 0.1
@@ -70,11 +81,11 @@ def test_a_probe_that_times_out_opens_it_for_another_cooldown(
     breaker: CircuitBreaker, clock: Clock
 ) -> None:
     for _ in range(3):
-        breaker.timed_out(SLOW)
+        breaker.timed_out(SLOW, lag=0.0)
     clock.now += 10
     assert breaker.allows(SLOW)
     clock.now += 1
-    breaker.timed_out(SLOW)
+    breaker.timed_out(SLOW, lag=0.0)
     clock.now += 9.9
     assert not breaker.allows(SLOW)
     clock.now += 0.1
@@ -85,7 +96,7 @@ def test_a_probe_that_never_reports_back_does_not_shut_the_origin_for_good(
     breaker: CircuitBreaker, clock: Clock
 ) -> None:
     for _ in range(3):
-        breaker.timed_out(SLOW)
+        breaker.timed_out(SLOW, lag=0.0)
     clock.now += 10
     assert breaker.allows(SLOW)
     clock.now += 10
@@ -94,7 +105,7 @@ def test_a_probe_that_never_reports_back_does_not_shut_the_origin_for_good(
 
 def test_endpoints_are_urls_without_their_query(breaker: CircuitBreaker) -> None:
     for _ in range(3):
-        breaker.timed_out(SLOW)
+        breaker.timed_out(SLOW, lag=0.0)
     assert not breaker.allows("http://ADS.example:8080/vast?id=2&cb=12345678")
     assert breaker.allows("http://ads.example:8080/other/path")
     assert breaker.allows("https://ads.example:8080/vast?id=1")
@@ -104,9 +115,9 @@ def test_endpoints_are_urls_without_their_query(breaker: CircuitBreaker) -> None
 
 def test_endpoints_remembered_are_bounded(breaker: CircuitBreaker) -> None:
     for n in range(MAX_TRACKED_ENDPOINTS + 1):
-        breaker.timed_out(f"http://host-{n}.example/")
+        breaker.timed_out(f"http://host-{n}.example/", lag=0.0)
     for _ in range(3):
-        breaker.timed_out("http://host-0.example/")  # forgotten: counts from zero again
+        breaker.timed_out("http://host-0.example/", lag=0.0)  # forgotten: counts from zero again
     assert not breaker.allows("http://host-0.example/")
     assert len(breaker._endpoints) == MAX_TRACKED_ENDPOINTS
 
