@@ -181,7 +181,6 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   the fetcher had delivered in between was gone, and `SkippedEvents` found such a hole
   only when a later event of that partition came, never at a partition's tail. The
   cleared events are now fetched again.
-
 - **A restore could still end having read nothing of a changelog partition** (once in
   three CI runs after the fixes above, `scale_out`: last read -1 where a record lies at
   offset 0; item 10's check made the workers exit). Faust's guess at aborted transactions
@@ -190,13 +189,24 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   fired on the first 5 s tick of a recovery whenever the changelogs had been idle for
   10 s before (the log: "Aborted tx until highwater" 17 ms after "Restoring state"). The
   guess is off now: item 10's ends make it unnecessary.
+- **One slow upstream slowed every decision**: a batch commits whole and waits for its
+  slowest chain (at most the chain deadline), so with half the traffic on hostile upstreams
+  the full-size `hostile_upstreams` took 358 s, well-behaved requests waiting 176 s (p50).
+  A circuit breaker per upstream endpoint (`streams/vast/breaker.py`) now fails an endpoint
+  that timed out 5 times in a row at once (IAB 301) for 10 s, then probes it. Its first
+  version also shut out the *healthy* upstream in that run (2,841 good requests denied 301):
+  the worker, overloaded by its backlog, read answers too late and took its own lag for the
+  upstream's. A timeout noticed more than 20 ms after its deadline no longer counts.
+- The first full-size run also showed the scenarios' fixed 120 s waits too short for a
+  backlog of 100,000 requests on two cores (`bad_input` reported 31,618 undecided while
+  they were still being decided); they now wait as long as decisions keep coming.
 
 Open problems (the runs above show whether they struck this time):
 
-- **Hostile upstreams cost everyone latency, not outcomes**: a batch commits whole and waits
-  for its slowest chain (at most the chain deadline), and a commit waits for the batches of
-  both stages, so with half the traffic hostile the well-behaved requests see the same
-  multi-second latency (about 70 decisions/s instead of thousands).
+- **Hostile upstreams still cost everyone latency, not outcomes**: until the breaker opens,
+  and for each probe, a batch waits out the slow chain, and so does every request in it;
+  an endless or huge body costs its 1 MiB of reading. With half the traffic hostile the
+  well-behaved requests still see seconds of latency instead of tenths.
 """
 
 
