@@ -133,7 +133,9 @@ class Deployment:
         await self.reader.start()
         await self.add_worker()
 
-    async def add_worker(self, index: int | None = None) -> WorkerProcess:
+    async def add_worker(
+        self, index: int | None = None, *, ready_timeout_s: float = 90.0
+    ) -> WorkerProcess:
         index = len(self.workers) if index is None else index
         port = free_port()
         worker = WorkerProcess(
@@ -141,7 +143,7 @@ class Deployment:
         )
         worker.start()
         self.workers.append(worker)
-        await worker.wait_ready()
+        await worker.wait_ready(ready_timeout_s)
         return worker
 
     def alive_worker(self) -> WorkerProcess:

@@ -1187,7 +1187,9 @@ async def big_state_with(env: Env, size: Size, store: str, result: Result) -> No
                  for i, r in enumerate(sample)]  # fmt: skip
         fresh = [request(ids[i % 4], later + i, f"fresh-{i}") for i in range(len(sample))]
         await deployment.publish(*again, *fresh)
-        restarted = await deployment.add_worker(index=0)
+        # Faust restores a changelog record at a time (~5,000/s here), and each key has two
+        # (`seen`, `frequency`): a million keys take minutes.
+        restarted = await deployment.add_worker(index=0, ready_timeout_s=90 + keys / 1_000)
         ready = time.monotonic()
         mark = ready
         first = await first_decision_after(
