@@ -34,6 +34,11 @@ def breaker(clock: Clock) -> CircuitBreaker:
     return CircuitBreaker(threshold=3, cooldown=10.0, clock=clock)
 
 
+def time_out(breaker: CircuitBreaker, times: int) -> None:
+    for _ in range(times):
+        breaker.timed_out(SLOW, lag=0.0)
+
+
 def test_it_opens_after_threshold_timeouts_in_a_row(breaker: CircuitBreaker) -> None:
     for _ in range(2):
         breaker.timed_out(SLOW, lag=0.0)
@@ -65,8 +70,7 @@ def test_an_answer_between_timeouts_starts_the_count_again(breaker: CircuitBreak
 def test_after_the_cooldown_one_probe_goes_and_its_answer_closes(
     breaker: CircuitBreaker, clock: Clock
 ) -> None:
-    for _ in range(3):
-        breaker.timed_out(SLOW, lag=0.0)
+    time_out(breaker, 3)
     clock.now += 9.9
     assert not breaker.allows(SLOW)
     clock.now += 0.1
@@ -80,8 +84,7 @@ def test_after_the_cooldown_one_probe_goes_and_its_answer_closes(
 def test_a_probe_that_times_out_opens_it_for_another_cooldown(
     breaker: CircuitBreaker, clock: Clock
 ) -> None:
-    for _ in range(3):
-        breaker.timed_out(SLOW, lag=0.0)
+    time_out(breaker, 3)
     clock.now += 10
     assert breaker.allows(SLOW)
     clock.now += 1
@@ -92,11 +95,10 @@ def test_a_probe_that_times_out_opens_it_for_another_cooldown(
     assert breaker.allows(SLOW)
 
 
-def test_a_probe_that_never_reports_back_does_not_shut_the_origin_for_good(
+def test_a_probe_that_never_reports_back_does_not_shut_the_endpoint_for_good(
     breaker: CircuitBreaker, clock: Clock
 ) -> None:
-    for _ in range(3):
-        breaker.timed_out(SLOW, lag=0.0)
+    time_out(breaker, 3)
     clock.now += 10
     assert breaker.allows(SLOW)
     clock.now += 10
@@ -104,8 +106,7 @@ def test_a_probe_that_never_reports_back_does_not_shut_the_origin_for_good(
 
 
 def test_endpoints_are_urls_without_their_query(breaker: CircuitBreaker) -> None:
-    for _ in range(3):
-        breaker.timed_out(SLOW, lag=0.0)
+    time_out(breaker, 3)
     assert not breaker.allows("http://ADS.example:8080/vast?id=2&cb=12345678")
     assert breaker.allows("http://ads.example:8080/other/path")
     assert breaker.allows("https://ads.example:8080/vast?id=1")
