@@ -1114,118 +1114,153 @@ LEAN_FIELDS = ("request_id", "campaign_id", "user_id", "timestamp", "cost", "rea
 
 
 async def big_state(env: Env, size: Size) -> Result:
-    """One worker builds `state_keys` (user, campaign) frequency entries (each request a new
-    pair, served, cap 1 per day), with the RocksDB store and then with the memory store. It
-    is SIGKILLed; requests for a sample of the old pairs (must be capped: the state came
-    back) and as many new users (must be served) are published; a worker is started on the
-    same data directory. After a SIGKILL the RocksDB files are not trusted (they may hold
-    writes of aborted transactions), so both stores restore from the changelogs. Measured:
-    seconds from the kill to ready and to the first decision, resident memory and RocksDB
-    disk per key."""
+    """One worker (RocksDB store) builds `state_keys` (user, campaign) frequency entries:
+    each request a new pair, served, cap 1 per day. It is SIGKILLed and a worker with the
+    RocksDB store is started on the same data directory; that one is SIGKILLed in turn and a
+    worker with the memory store takes its place. Before each restart, requests for a sample
+    of the old pairs (must be capped: the state came back) and as many new users (must be
+    served) are published. After a SIGKILL the RocksDB files are not trusted (they may hold
+    writes of aborted transactions), so both stores restore from the changelogs, which is
+    why one build serves both. Measured: seconds from each kill to ready and to the first
+    decision, resident memory per key of each store, RocksDB disk per key."""
+    keys = size.state_keys
     result = Result(
         "big_state",
-        f"{size.state_keys:,} (user, campaign) keys: SIGKILL and restart, RocksDB and memory",
+        f"{keys:,} (user, campaign) keys: SIGKILL and restart, RocksDB and memory",
         size.name,
     )
-    for store in ("rocksdb", "memory"):
-        await big_state_with(env, size, store, result)
-    return result
-
-
-async def big_state_with(env: Env, size: Size, store: str, result: Result) -> None:
-    keys = size.state_keys
     deployment = Deployment(
-        env.bootstrap, env.redis_url, env.root / f"state-{store}", partitions=4, store=store
+        env.bootstrap, env.redis_url, env.root / "state", partitions=4, store="rocksdb"
     )
     deployment.reader.keep_fields = LEAN_FIELDS
     try:
         await deployment.start()
-        worker = deployment.workers[0]
-        rss_empty = rss_bytes(worker.pid)
-        ids = campaign_ids(4, 4, f"s{store[0]}")
+        rss_empty = rss_bytes(deployment.workers[0].pid)
+        ids = campaign_ids(4, 4, "s")
         campaigns = {c: campaign(ad_url(env), campaign_id=c, caps=[(1, 86_400)]) for c in ids}
         await deployment.load(*campaigns.values())
-        # Every request a new (user, campaign) key, served: one frequency entry each. Made
-        # and published in chunks, so a million of them never sit in memory at once.
-        chunk = 5_000
-        span = 30 * 60_000
-        sample: list[AdRequest] = []
-        started = time.monotonic()
-        for start in range(0, keys, chunk):
-            part = [
-                request(ids[i % 4], BASE_MS + i * span // keys, f"big-{i // 4}")
-                for i in range(start, min(start + chunk, keys))
-            ]
-            sample += part[:: max(keys // 500, 1)]
-            await deployment.publish(*part)
-            # Keep the backlog bounded: the reader holds what it reads, lean as it is.
-            await decided_at_least(deployment, start - 4 * chunk, 600)
-        await deployment.until(lambda: len(deployment.decisions) >= keys, 900)
-        build_s = time.monotonic() - started
-        result.timings_s[f"{store}_build_state"] = round(build_s, 1)
-        result.measures[f"{store}_decisions_per_s"] = round(keys / build_s, 1)
-        served = sum(1 for d in deployment.decisions.values() if d.reason is None)
-        if len(deployment.decisions) != keys or served != keys or deployment.duplicates:
-            result.fail(
-                f"{store}: {len(deployment.decisions)} decisions, {served} served, "
-                f"{len(deployment.duplicates)} duplicates for {keys} requests"
-            )
-        await asyncio.sleep(1)
-        rss_full = rss_bytes(worker.pid)
-        data_dir = deployment.root / "worker-0"
-        result.measures[f"{store}_rss_bytes_per_key"] = round((rss_full - rss_empty) / keys, 1)
-        result.measures[f"{store}_rss_mb"] = round(rss_full / 1e6, 1)
-        if store == "rocksdb":
-            result.measures["rocksdb_disk_bytes_per_key"] = round(disk_bytes(data_dir) / keys, 1)
-
-        # SIGKILL, then a request for every sampled key (a second impression within the
-        # day: capped) and as many new users (served), published before the restart.
-        worker.stop(signal.SIGKILL)
-        killed = time.monotonic()
-        later = BASE_MS + span + 60_000
-        again = [request(r.campaign_id, later + i, r.context.cookies["user_id"])
-                 for i, r in enumerate(sample)]  # fmt: skip
-        fresh = [request(ids[i % 4], later + i, f"fresh-{i}") for i in range(len(sample))]
-        await deployment.publish(*again, *fresh)
-        # Faust restores a changelog record at a time (~5,000/s here), and each key has two
-        # (`seen`, `frequency`): a million keys take minutes.
-        restarted = await deployment.add_worker(index=0, ready_timeout_s=90 + keys / 1_000)
-        ready = time.monotonic()
-        mark = ready
-        first = await first_decision_after(
-            deployment, killed, lambda d: d.payload["timestamp"] >= later, 300
+        sample = await build_state(deployment, result, ids, keys)
+        result.measures["rocksdb_disk_bytes_per_key"] = round(
+            disk_bytes(deployment.root / "worker-0") / keys, 1
         )
-        decided = await deployment.decided([r.context.request_id for r in again + fresh], 300)
-        result.timings_s[f"{store}_kill_to_ready"] = round(ready - killed, 3)
-        if first is not None:
-            result.timings_s[f"{store}_kill_to_first_decision"] = first
-        result.timings_s[f"{store}_ready_to_all_decided"] = round(
-            max(d.received_at for d in decided) - mark, 3
-        )
-        result.measures[f"{store}_rss_mb_after_restore"] = round(rss_bytes(restarted.pid) / 1e6, 1)
-        wrong_again = sum(1 for d in decided[: len(again)] if d.reason != "frequency_cap")
-        wrong_fresh = sum(1 for d in decided[len(again) :] if d.reason is not None)
-        if wrong_again or wrong_fresh:
-            result.fail(
-                f"{store}: after the restart {wrong_again} of {len(again)} capped keys served "
-                f"again, {wrong_fresh} of {len(fresh)} new users not served"
+        rss_full = rss_bytes(deployment.workers[0].pid)
+        result.measures["rocksdb_rss_bytes_per_key"] = round((rss_full - rss_empty) / keys, 1)
+        result.measures["rocksdb_rss_mb"] = round(rss_full / 1e6, 1)
+        for round_, store in enumerate(("rocksdb", "memory"), start=1):
+            later = BASE_MS + BUILD_SPAN_MS + round_ * 60_000
+            await restart_with(deployment, result, store, sample, ids, later)
+            restarted = deployment.alive_worker()
+            result.measures[f"{store}_rss_mb_after_restore"] = round(
+                rss_bytes(restarted.pid) / 1e6, 1
             )
-        result.requests += keys + len(again) + len(fresh)
+            if store == "memory":
+                result.measures["memory_rss_bytes_per_key"] = round(
+                    (rss_bytes(restarted.pid) - rss_empty) / keys, 1
+                )
+        sent = keys + 4 * len(sample)
+        result.requests += sent
         result.decisions += len(deployment.decisions)
         result.duplicates += len(deployment.duplicates)
-        result.lost += keys + len(again) + len(fresh) - len(deployment.decisions)
+        result.lost += sent - len(deployment.decisions)
         spent = spend_by_campaign(d for d in deployment.decisions.values() if d.reason is None)
         for campaign_id in campaigns:
             state = await deployment.state(campaign_id)
             if (state.spend.lifetime if state.spend else 0) != spent.get(campaign_id, 0):
                 result.spend_mismatches += 1
-                result.fail(f"{store}: {campaign_id} spend in tables differs from served")
-        result.measures[f"{store}_keys"] = keys
+                result.fail(f"{campaign_id} spend in tables differs from served")
+        result.measures["keys"] = keys
     finally:
         for worker in deployment.workers:
             worker.stop(timeout_s=10)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(deployment.stop(), 30)
+    return result
+
+
+BUILD_SPAN_MS = 30 * 60_000
+
+
+async def build_state(
+    deployment: Deployment, result: Result, ids: list[str], keys: int
+) -> list[AdRequest]:
+    """Publish `keys` requests, each a new (user, campaign) pair spread over BUILD_SPAN_MS
+    of event time, wait until all are served, and return a sample of ~500 of them."""
+    # Made and published in chunks, so a million of them never sit in memory at once.
+    chunk = 5_000
+    sample: list[AdRequest] = []
+    started = time.monotonic()
+    for start in range(0, keys, chunk):
+        part = [
+            request(ids[i % 4], BASE_MS + i * BUILD_SPAN_MS // keys, f"big-{i // 4}")
+            for i in range(start, min(start + chunk, keys))
+        ]
+        sample += part[:: max(keys // 500, 1)]
+        await deployment.publish(*part)
+        # Keep the backlog bounded: the reader holds what it reads, lean as it is.
+        await decided_at_least(deployment, start - 4 * chunk, 600)
+    await deployment.until(lambda: len(deployment.decisions) >= keys, 900)
+    build_s = time.monotonic() - started
+    result.timings_s["build_state"] = round(build_s, 1)
+    result.measures["build_decisions_per_s"] = round(keys / build_s, 1)
+    served = sum(1 for d in deployment.decisions.values() if d.reason is None)
+    if len(deployment.decisions) != keys or served != keys or deployment.duplicates:
+        result.fail(
+            f"build: {len(deployment.decisions)} decisions, {served} served, "
+            f"{len(deployment.duplicates)} duplicates for {keys} requests"
+        )
+    await asyncio.sleep(1)
+    return sample
+
+
+async def restart_with(
+    deployment: Deployment,
+    result: Result,
+    store: str,
+    sample: list[AdRequest],
+    ids: list[str],
+    later: int,
+) -> None:
+    """SIGKILL the running worker, publish a request for each sampled key (a second
+    impression within the day: capped) and as many new users (served), then start a worker
+    with `store` on the same data directory and check each of those decisions."""
+    deployment.alive_worker().stop(signal.SIGKILL)
+    killed = time.monotonic()
+    again = [request(r.campaign_id, later + i, r.context.cookies["user_id"])
+             for i, r in enumerate(sample)]  # fmt: skip
+    fresh = [request(ids[i % 4], later + i, f"fresh-{store}-{i}") for i in range(len(sample))]
+    await deployment.publish(*again, *fresh)
+    deployment.store = store
+    # Faust restores a changelog record at a time, and each key has two (`seen`,
+    # `frequency`): a million keys take minutes.
+    keys = len(deployment.decisions)
+    await deployment.add_worker(index=0, ready_timeout_s=90 + keys / 1_000)
+    ready = time.monotonic()
+    result.timings_s[f"{store}_kill_to_ready"] = round(ready - killed, 3)
+    first = await first_decision_after(
+        deployment, killed, lambda d: d.payload["timestamp"] >= later, 300
+    )
+    if first is not None:
+        result.timings_s[f"{store}_kill_to_first_decision"] = first
+    wanted = [r.context.request_id for r in again + fresh]
+    if not await deployment.until(lambda: all(r in deployment.decisions for r in wanted), 300):
+        undecided = [r for r in again + fresh if r.context.request_id not in deployment.decisions]
+        result.fail(
+            f"{store}: {len(undecided)} of {len(wanted)} requests published before the restart "
+            f"undecided 300 s after ready (after a restore of ~{2 * keys:,} records)"
+        )
+        result.measures[f"{store}_undecided_sample"] = [r.context.request_id for r in undecided[:5]]
+        return
+    decided = [deployment.decisions[r] for r in wanted]
+    result.timings_s[f"{store}_ready_to_all_decided"] = round(
+        max(d.received_at for d in decided) - ready, 3
+    )
+    wrong_again = sum(1 for d in decided[: len(again)] if d.reason != "frequency_cap")
+    wrong_fresh = sum(1 for d in decided[len(again) :] if d.reason is not None)
+    if wrong_again or wrong_fresh:
+        result.fail(
+            f"{store}: after the restart {wrong_again} of {len(again)} capped keys served "
+            f"again, {wrong_fresh} of {len(fresh)} new users not served"
+        )
 
 
 # ---------------------------------------------------------------------------------------
