@@ -189,6 +189,14 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   fired on the first 5 s tick of a recovery whenever the changelogs had been idle for
   10 s before (the log: "Aborted tx until highwater" 17 ms after "Restoring state"). The
   guess is off now: item 10's ends make it unnecessary.
+- **Requests published during a long restore stayed undecided** (item 5). After the
+  restore, Faust dropped the first few events of each request partition (those between the
+  committed offset and what it had queued); `SkippedEvents` finds such holes, but only for
+  30 s after an assignment, and a restore of a million keys takes minutes, so the check had
+  closed before the streams resumed. At 100,000 keys (restore ~40 s), 13 of 1,000 requests
+  stayed undecided; had more traffic come, the next commit would have passed over them for
+  good. The window now opens again whenever a recovery ends (same run after the fix: "Faust
+  skipped 2/2/3/3 events ... processing them now", all 1,000 decided 1.3 s after ready).
 - **One slow upstream slowed every decision**: a batch commits whole and waits for its
   slowest chain (at most the chain deadline), so with half the traffic on hostile upstreams
   the full-size `hostile_upstreams` took 358 s, well-behaved requests waiting 176 s (p50).

@@ -141,14 +141,8 @@ def create_worker(
             *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
-    async def rebuild_route_expiry() -> None:
-        router.rebuild_expiry()
-
-    async def rebuild_decide_expiry() -> None:
-        decider.rebuild_expiry()
-
-    tables.seen.table.on_recover(rebuild_route_expiry)
-    tables.frequency.table.on_recover(rebuild_decide_expiry)
+    tables.seen.table.on_recover(router.rebuild_expiry)
+    tables.frequency.table.on_recover(decider.rebuild_expiry)
 
     async def run_stage(
         stream: StreamT[Any], handle: Callable[[Sequence[EventT[Any]]], Awaitable[None]]

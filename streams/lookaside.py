@@ -38,6 +38,7 @@ from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules, Cap
 from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
 from streams.state.spend import Spend
+from streams.tables import split_frequency_key
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class RedisLookaside:
     def write(self, changes: StateChanges) -> None:
         """Queue the batch's changes; a single background writer sends them."""
         for key, (impressions, rules) in changes.caps.items():
-            campaign_id, user_id = key.split("\x1f", 1)
+            campaign_id, user_id = split_frequency_key(key)
             view = cap_view(impressions, rules)
             self._queued[cap_key(self.prefix, campaign_id, user_id)] = (
                 self._encoder.encode(view),

@@ -50,6 +50,12 @@ def frequency_key(campaign_id: str, user_id: str) -> str:
     return f"{campaign_id}\x1f{user_id}"
 
 
+def split_frequency_key(key: str) -> tuple[str, str]:
+    """The (campaign_id, user_id) of a `frequency_key`."""
+    campaign_id, user_id = key.split("\x1f", 1)
+    return campaign_id, user_id
+
+
 class RawTable(faust.Table[bytes, bytes]):
     """A table of bytes we encode ourselves: Faust stores and ships them as they are.
 

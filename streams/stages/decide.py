@@ -35,10 +35,10 @@ from streams.metrics import Metrics
 from streams.stages.outputs import Outputs
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
-from streams.state.expiry import ExpiryIndex
+from streams.state.expiry import ExpiryIndex, rebuilt
 from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
 from streams.state.spend import Spend
-from streams.tables import CapEntry, Tables, frequency_key
+from streams.tables import CapEntry, Tables, frequency_key, split_frequency_key
 from streams.topics import Topics
 from streams.vast.result import VastResult
 
@@ -107,16 +107,29 @@ class Decider:
         self.lookaside = lookaside
         self.expiry = ExpiryIndex()
 
-    def rebuild_expiry(self) -> None:
+    async def rebuild_expiry(self) -> None:
         """After a restore: index what the frequency table holds, so it ages out."""
-        self.expiry = ExpiryIndex()
-        for key, entry in self.tables.frequency.items():
-            self.expiry.add(entry.partition, key, self._expires_at(key, entry))
+        kept_ms: dict[str, int] = {}  # a million keys share a handful of campaigns
+
+        def expires_at(key: str, entry: CapEntry) -> int:
+            campaign_id = split_frequency_key(key)[0]
+            if campaign_id not in kept_ms:
+                kept_ms[campaign_id] = self._kept_ms(campaign_id)
+            return frequency.expires_at(entry.impressions, kept_ms[campaign_id])
+
+        self.expiry = await rebuilt(
+            (entry.partition, key, expires_at(key, entry))
+            for key, entry in self.tables.frequency.items()
+        )
+
+    def _kept_ms(self, campaign_id: str) -> int:
+        """How long impressions of this campaign are kept, in event time."""
+        rules = self.tables.campaigns.get(campaign_id)
+        longest = rules.longest_window_ms if rules else 0
+        return frequency.kept_ms(longest, self.history_ms)
 
     def _expires_at(self, key: str, entry: CapEntry) -> int:
-        rules = self.tables.campaigns.get(key.split("\x1f", 1)[0])
-        longest = rules.longest_window_ms if rules else 0
-        return frequency.expires_at(entry.impressions, frequency.kept_ms(longest, self.history_ms))
+        return frequency.expires_at(entry.impressions, self._kept_ms(split_frequency_key(key)[0]))
 
     async def handle(self, events: Sequence[EventT[Any]]) -> None:
         batch = _Batch(self, time.perf_counter())

@@ -19,7 +19,7 @@ from models.codec import InvalidEvent, decode_request
 from streams.faust_patches import event_context
 from streams.metrics import Metrics
 from streams.stages.outputs import Outputs
-from streams.state.expiry import ExpiryIndex
+from streams.state.expiry import ExpiryIndex, rebuilt
 from streams.tables import DEDUPE_WINDOW_MS, SeenRequest, TypedTable
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,12 @@ class Router:
         self.metrics = metrics
         self.expiry = ExpiryIndex()
 
-    def rebuild_expiry(self) -> None:
+    async def rebuild_expiry(self) -> None:
         """After a restore: index what the table holds, so it ages out like the rest."""
-        self.expiry = ExpiryIndex()
-        for request_id, entry in self.seen.items():
-            self.expiry.add(entry.partition, request_id, entry.t + DEDUPE_WINDOW_MS)
+        self.expiry = await rebuilt(
+            (entry.partition, request_id, entry.t + DEDUPE_WINDOW_MS)
+            for request_id, entry in self.seen.items()
+        )
 
     async def handle(self, events: Sequence[EventT[Any]]) -> None:
         last_of_partition: dict[int, EventT[Any]] = {}

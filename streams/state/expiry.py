@@ -9,8 +9,13 @@ renewed since; whoever deletes checks the stored value's own expiry first.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections import defaultdict
+from collections.abc import Iterable
+
+INDEXED_PER_TURN = 10_000
+"""Keys indexed between two yields to the event loop while rebuilding after a restore."""
 
 
 class ExpiryIndex:
@@ -46,3 +51,17 @@ class ExpiryIndex:
 
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
+
+
+async def rebuilt(entries: Iterable[tuple[int, str, int]]) -> ExpiryIndex:
+    """An index of (partition, key, expires_at) entries, read from a restored table.
+
+    A restored million keys take seconds to index: the event loop gets a turn every
+    `INDEXED_PER_TURN` keys, so timers and the web routes do not stall meanwhile.
+    """
+    index = ExpiryIndex()
+    for count, (partition, key, expires_at) in enumerate(entries, start=1):
+        index.add(partition, key, expires_at)
+        if count % INDEXED_PER_TURN == 0:
+            await asyncio.sleep(0)
+    return index

@@ -1,5 +1,6 @@
 """A restarted worker restores its tables from the changelogs completely and without the
-10 s wait Faust's recovery used to end on (`streams.faust_patches`, item 10)."""
+10 s wait Faust's recovery used to end on (`streams.faust_patches`, item 10), and what it
+restored ages out by event time like the rest."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from infra.provision import Services
 from models.money import to_micros
+from streams.state.frequency import ALLOWED_LATENESS_MS
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
 
 RESTORE_S = 7.0
@@ -18,9 +20,18 @@ RESTORE_S = 7.0
 waited for the commit marker that ends every transactional changelog."""
 
 
+HISTORY_S = 60
+"""The impression history of these tests' workers: short, so restored state ages out soon."""
+
+
 @pytest.fixture
 async def memory_deployment(services: Services, tmp_path: Path) -> AsyncIterator[Deployment]:
-    deployed = Deployment(services.kafka_bootstrap_servers, services.redis_url, tmp_path)
+    deployed = Deployment(
+        services.kafka_bootstrap_servers,
+        services.redis_url,
+        tmp_path,
+        extra_env={"ADSTREAM_IMPRESSION_HISTORY_S": str(HISTORY_S)},
+    )
     await deployed.start()
     yield deployed
     await deployed.stop()
@@ -52,3 +63,31 @@ async def test_restart_restores_every_table_at_once(
     decided = await deployment.decided(await deployment.publish(*again))
     assert {d.reason for d in decided} == {"frequency_cap"}
     assert deployment.duplicates == []
+
+
+async def test_restored_cap_state_still_ages_out(
+    memory_deployment: Deployment, ad_url: str
+) -> None:
+    """The expiry index lives in memory: after a restart it is rebuilt from the restored
+    tables, or restored keys would stay for good."""
+    deployment = memory_deployment
+    capped = campaign(ad_url, caps=[(1, HISTORY_S)])
+    await deployment.load(capped)
+    served = await deployment.decided(
+        await deployment.publish(request(capped.campaign_id, BASE_MS, "user-old"))
+    )
+    assert served[0].topic == "served"
+
+    assert deployment.workers[0].stop() == 0
+    await deployment.add_worker(index=0)
+    restored = await deployment.state(capped.campaign_id, "user-old")
+    assert restored.cap is not None and restored.cap.times == [BASE_MS]
+
+    # An event past the old impression's window, its history and the allowed lateness moves
+    # the partition's watermark beyond the restored key's expiry.
+    later = BASE_MS + HISTORY_S * 1000 + ALLOWED_LATENESS_MS + 1
+    await deployment.decided(
+        await deployment.publish(request(capped.campaign_id, later, "user-new"))
+    )
+    aged = await deployment.state(capped.campaign_id, "user-old")
+    assert aged.cap is not None and aged.cap.times == []  # the key is gone
