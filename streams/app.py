@@ -94,6 +94,7 @@ def create_worker(
         datadir=settings.data_dir,
         processing_guarantee="exactly_once",
         broker_commit_interval=settings.commit_interval_s,
+        broker_commit_livelock_soft_timeout=settings.stall_warning_s,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
         # A crashed worker's partitions move after this long without a heartbeat.

@@ -509,6 +509,9 @@ class Committer:
             )
         )
         self._committed.update(offsets)
+        # Faust's stall monitor reads its own commit times: without these, a worker that
+        # has run `stall_warning_s` logs "Has not committed" errors many times a second.
+        consumer._thread.tp_last_committed_at.update(dict.fromkeys(offsets, time.monotonic()))
         for tp, offset in offsets.items():
             # Faust's own bookkeeping of acks and offset gaps would otherwise grow without end.
             consumer._acked[tp].clear()

@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, frozen=True):
     batch; 0 turns this off."""
     breaker_cooldown_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     standby_replicas: int = 0
+    stall_warning_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    """A partition with requests waiting and no commit for this long is logged as stalled."""
     block_private_addresses: bool = False
     """The SSRF guard: upstream URLs may reach only global addresses (and `allowed_networks`)."""
     allowed_networks: str = ""
@@ -90,6 +92,7 @@ class Settings(msgspec.Struct, frozen=True):
         "breaker_timeouts": "ADSTREAM_BREAKER_TIMEOUTS",
         "breaker_cooldown_s": "ADSTREAM_BREAKER_COOLDOWN_S",
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
+        "stall_warning_s": "ADSTREAM_STALL_WARNING_S",
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
         "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",
         "impression_history_s": "ADSTREAM_IMPRESSION_HISTORY_S",
