@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True):
     failed at once (301) for a cooldown, so that one slow ad server does not slow every
     batch; 0 turns this off."""
     breaker_cooldown_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    breaker_min_failing_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    """How long the timeouts in a row must have lasted: one stall of an upstream times out
+    every request then in flight at once, and should not shut it for a cooldown."""
     standby_replicas: int = 0
     stall_warning_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     """A partition with requests waiting and no commit for this long is logged as stalled."""
@@ -91,6 +94,7 @@ class Settings(msgspec.Struct, frozen=True):
         "chain_timeout_s": "ADSTREAM_CHAIN_TIMEOUT_S",
         "breaker_timeouts": "ADSTREAM_BREAKER_TIMEOUTS",
         "breaker_cooldown_s": "ADSTREAM_BREAKER_COOLDOWN_S",
+        "breaker_min_failing_s": "ADSTREAM_BREAKER_MIN_FAILING_S",
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
         "stall_warning_s": "ADSTREAM_STALL_WARNING_S",
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",

@@ -57,7 +57,9 @@ def run(settings: Settings) -> None:
         retry=RetryPolicy(max_retries=1),
         breaker=(
             CircuitBreaker(
-                threshold=settings.breaker_timeouts, cooldown=settings.breaker_cooldown_s
+                threshold=settings.breaker_timeouts,
+                cooldown=settings.breaker_cooldown_s,
+                min_failing=settings.breaker_min_failing_s,
             )
             if settings.breaker_timeouts
             else None

@@ -4,6 +4,7 @@ import pytest
 
 from streams.settings import Settings
 from streams.state import frequency
+from streams.vast import breaker
 
 
 def test_environment_overrides_defaults() -> None:
@@ -41,3 +42,11 @@ def test_the_impression_history_is_set_in_whole_seconds_of_at_least_one() -> Non
     for bad in ("0", "-1", "1.5", "a week"):
         with pytest.raises(ValueError, match="impression_history_s"):
             Settings.from_env({"ADSTREAM_IMPRESSION_HISTORY_S": bad})
+
+
+def test_the_breakers_defaults_are_the_breakers_own() -> None:
+    """Kept apart so that reading the settings does not import the VAST package."""
+    settings = Settings()
+    assert settings.breaker_timeouts == breaker.DEFAULT_THRESHOLD
+    assert settings.breaker_cooldown_s == breaker.DEFAULT_COOLDOWN_S
+    assert settings.breaker_min_failing_s == breaker.DEFAULT_MIN_FAILING_S

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import random
 import re
 import signal
@@ -1130,7 +1131,14 @@ async def big_state(env: Env, size: Size) -> Result:
         size.name,
     )
     deployment = Deployment(
-        env.bootstrap, env.redis_url, env.root / "state", partitions=4, store="rocksdb"
+        env.bootstrap,
+        env.redis_url,
+        env.root / "state",
+        partitions=4,
+        store="rocksdb",
+        # The upstream is not under test here, and every key must be served: deadlines that
+        # a pause of this busy process (it reads every decision) cannot reach.
+        extra_env={"ADSTREAM_HOP_TIMEOUT_S": "5", "ADSTREAM_CHAIN_TIMEOUT_S": "10"},
     )
     deployment.reader.keep_fields = LEAN_FIELDS
     try:
@@ -1170,6 +1178,7 @@ async def big_state(env: Env, size: Size) -> Result:
                 result.fail(f"{campaign_id} spend in tables differs from served")
         result.measures["keys"] = keys
     finally:
+        gc.unfreeze()
         for worker in deployment.workers:
             worker.stop(timeout_s=10)
         with contextlib.suppress(Exception):
@@ -1198,6 +1207,10 @@ async def build_state(
         await deployment.publish(*part)
         # Keep the backlog bounded: the reader holds what it reads, lean as it is.
         await decided_at_least(deployment, start - 4 * chunk, 600)
+        # What this process holds (up to a million decisions) is left out of its garbage
+        # collections from now on: a full one over it pauses the VAST upstream served from
+        # here longer than the worker's hop deadline, and the requests then in flight fail.
+        gc.freeze()
     await deployment.until(lambda: len(deployment.decisions) >= keys, 900)
     build_s = time.monotonic() - started
     result.timings_s["build_state"] = round(build_s, 1)

@@ -31,7 +31,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def breaker(clock: Clock) -> CircuitBreaker:
-    return CircuitBreaker(threshold=3, cooldown=10.0, clock=clock)
+    """Opens on timeouts in a row however close together (its span rule: below)."""
+    return CircuitBreaker(threshold=3, cooldown=10.0, min_failing=0.0, clock=clock)
 
 
 def time_out(breaker: CircuitBreaker, times: int) -> None:
@@ -45,6 +46,31 @@ def test_it_opens_after_threshold_timeouts_in_a_row(breaker: CircuitBreaker) -> 
         assert breaker.allows(SLOW)
     breaker.timed_out(SLOW, lag=0.0)
     assert not breaker.allows(SLOW)
+
+
+def test_a_burst_of_timeouts_opens_it_only_once_the_streak_has_lasted(clock: Clock) -> None:
+    """Hundreds of requests in flight time out together when the upstream stalls once: as
+    many in a row as a dead upstream's, but within a moment."""
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, min_failing=2.0, clock=clock)
+    for _ in range(500):
+        breaker.timed_out(SLOW, lag=0.0)
+    assert breaker.allows(SLOW)
+    clock.now += 1.9
+    breaker.timed_out(SLOW, lag=0.0)
+    assert breaker.allows(SLOW)
+    clock.now += 0.1
+    breaker.timed_out(SLOW, lag=0.0)
+    assert not breaker.allows(SLOW)
+
+    # An answer ends the streak: the next one starts its own span.
+    clock.now += 10
+    assert breaker.allows(SLOW)
+    breaker.answered(SLOW)
+    for _ in range(3):
+        breaker.timed_out(SLOW, lag=0.0)
+    clock.now += 1.0
+    breaker.timed_out(SLOW, lag=0.0)
+    assert breaker.allows(SLOW)
 
 
 def test_a_timeout_noticed_late_is_the_workers_overload_and_does_not_count(
@@ -128,6 +154,8 @@ def test_bad_settings_are_refused() -> None:
         CircuitBreaker(threshold=0)
     with pytest.raises(ValueError):
         CircuitBreaker(cooldown=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker(min_failing=-1)
 
 
 async def test_a_slow_upstream_is_failed_at_once_while_open_and_others_are_unaffected(
@@ -135,7 +163,7 @@ async def test_a_slow_upstream_is_failed_at_once_while_open_and_others_are_unaff
 ) -> None:
     slow = server.add(vast(inline()), delay=2.0)
     healthy = server.add(vast(inline()))  # the same server, another path
-    breaker = CircuitBreaker(threshold=2, cooldown=0.5)
+    breaker = CircuitBreaker(threshold=2, cooldown=0.5, min_failing=0.1)
     async with VastUpstream(hop_timeout=0.2, timeout=1.0, breaker=breaker) as upstream:
         for _ in range(2):
             started = time.monotonic()
