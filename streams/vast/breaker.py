@@ -84,10 +84,11 @@ class CircuitBreaker:
         state.open_until = now + self.cooldown
         return True
 
-    def timed_out(self, url: str, lag: float) -> None:
-        """A request to `url` timed out, noticed `lag` seconds after its deadline."""
+    def timed_out(self, url: str, lag: float) -> bool:
+        """A request to `url` timed out, noticed `lag` seconds after its deadline. True when
+        this timeout opened its endpoint's breaker (and the caller should say so)."""
         if lag > MAX_LAG_S:
-            return
+            return False
         endpoint = endpoint_of(url)
         now = self._clock()
         state = self._endpoints.get(endpoint)
@@ -96,8 +97,11 @@ class CircuitBreaker:
                 del self._endpoints[next(iter(self._endpoints))]
             state = self._endpoints[endpoint] = _Endpoint(now)
         state.timeouts += 1
-        if state.timeouts >= self.threshold and now - state.failing_since >= self.min_failing:
-            state.open_until = now + self.cooldown
+        if state.timeouts < self.threshold or now - state.failing_since < self.min_failing:
+            return False
+        opened = not state.open_until
+        state.open_until = now + self.cooldown
+        return opened
 
     def answered(self, url: str) -> None:
         """`url` answered (with any HTTP status): its endpoint is healthy again."""

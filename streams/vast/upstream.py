@@ -12,6 +12,7 @@ module only walks the chain: fetching, deadlines, retries, caching and pixels.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ import msgspec
 from models.context import SessionContext
 from streams.macros import Macros
 from streams.vast import chain
-from streams.vast.breaker import CircuitBreaker
+from streams.vast.breaker import CircuitBreaker, endpoint_of
 from streams.vast.cache import ResponseCache, cache_ttl
 from streams.vast.document import Ad, Document
 from streams.vast.errors import (
@@ -40,6 +41,8 @@ from streams.vast.pixels import ErrorPixels
 from streams.vast.result import ErrorReport, Hop, ResolvedAd, Status, VastResult
 from streams.vast.retry import NO_RETRIES, RetryPolicy
 from streams.vast.transport import Fetched, VastTransport
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DEPTH = 5
 """Wrappers followed before an InLine must come: IAB's minimum for players."""
@@ -318,8 +321,12 @@ class _Resolution:
             async with asyncio.timeout_at(deadline):
                 fetched = await self.upstream.transport.get(url, cookies=self.cookies)
         except TimeoutError:
-            if breaker is not None:
-                breaker.timed_out(url, lag=self.loop.time() - deadline)
+            if breaker is not None and breaker.timed_out(url, lag=self.loop.time() - deadline):
+                log.warning(
+                    "upstream %s keeps timing out: its URLs fail at once (301) for %g s, "
+                    "then one request probes it",
+                    endpoint_of(url), breaker.cooldown,
+                )  # fmt: skip
             raise UpstreamTimeout(f"no response from {url} in time") from None
         if breaker is not None:
             breaker.answered(url)

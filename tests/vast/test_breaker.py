@@ -4,13 +4,14 @@ slow upstream beside a healthy one on the same server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 
 from models.context import SessionContext
 from streams.vast import CircuitBreaker, VastUpstream
-from streams.vast.breaker import MAX_LAG_S, MAX_TRACKED_ENDPOINTS
+from streams.vast.breaker import MAX_LAG_S, MAX_TRACKED_ENDPOINTS, endpoint_of
 from tests.upstream import VastServer, inline, vast
 
 SLOW = "http://ads.example:8080/vast?id=1"
@@ -42,10 +43,11 @@ def time_out(breaker: CircuitBreaker, times: int) -> None:
 
 def test_it_opens_after_threshold_timeouts_in_a_row(breaker: CircuitBreaker) -> None:
     for _ in range(2):
-        breaker.timed_out(SLOW, lag=0.0)
+        assert not breaker.timed_out(SLOW, lag=0.0)
         assert breaker.allows(SLOW)
-    breaker.timed_out(SLOW, lag=0.0)
+    assert breaker.timed_out(SLOW, lag=0.0)  # this one opened it: the caller logs that
     assert not breaker.allows(SLOW)
+    assert not breaker.timed_out(SLOW, lag=0.0)  # already open: said once
 
 
 def test_a_burst_of_timeouts_opens_it_only_once_the_streak_has_lasted(clock: Clock) -> None:
@@ -114,7 +116,7 @@ def test_a_probe_that_times_out_opens_it_for_another_cooldown(
     clock.now += 10
     assert breaker.allows(SLOW)
     clock.now += 1
-    breaker.timed_out(SLOW, lag=0.0)
+    assert not breaker.timed_out(SLOW, lag=0.0)  # open again, not newly: no second warning
     clock.now += 9.9
     assert not breaker.allows(SLOW)
     clock.now += 0.1
@@ -159,11 +161,12 @@ def test_bad_settings_are_refused() -> None:
 
 
 async def test_a_slow_upstream_is_failed_at_once_while_open_and_others_are_unaffected(
-    server: VastServer, context: SessionContext
+    server: VastServer, context: SessionContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     slow = server.add(vast(inline()), delay=2.0)
     healthy = server.add(vast(inline()))  # the same server, another path
     breaker = CircuitBreaker(threshold=2, cooldown=0.5, min_failing=0.1)
+    caplog.set_level(logging.WARNING, logger="streams.vast.upstream")
     async with VastUpstream(hop_timeout=0.2, timeout=1.0, breaker=breaker) as upstream:
         for _ in range(2):
             started = time.monotonic()
@@ -176,6 +179,10 @@ async def test_a_slow_upstream_is_failed_at_once_while_open_and_others_are_unaff
         assert (result.status, result.error_code) == ("error", 301)
         assert time.monotonic() - started < 0.1
         assert len(server.seen(slow)) == 2  # not asked again
+        assert [r.getMessage() for r in caplog.records] == [
+            f"upstream {endpoint_of(slow)} keeps timing out: its URLs fail at once (301) "
+            "for 0.5 s, then one request probes it"
+        ]
         assert (await upstream.fetch(healthy, context=context)).status == "inline"
 
         # The cooldown over, the upstream fast again: the probe is served and closes it.
