@@ -15,12 +15,10 @@ from tests.upstream import VastServer, inline, vast
 async def deployment(
     services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Deployment]:
-    deployed = Deployment(
+    async with Deployment(
         services.kafka_bootstrap_servers, services.redis_url, tmp_path_factory.mktemp("deploy")
-    )
-    await deployed.start()
-    yield deployed
-    await deployed.stop()
+    ) as deployed:
+        yield deployed
 
 
 @pytest.fixture(scope="module")

@@ -155,6 +155,13 @@ class Deployment:
         await self.reader.stop()
         await self._producer.stop()
 
+    async def __aenter__(self) -> Deployment:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def load(self, *campaigns: Campaign, timeout_s: float = 30.0) -> list[int]:
         """Publish campaigns and wait until the worker has each one's version in force."""
         offsets = await publish_campaigns(self.bootstrap, self.topics.campaigns, campaigns)

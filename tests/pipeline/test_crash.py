@@ -23,12 +23,10 @@ USERS = 150
 
 @pytest.fixture
 async def rocksdb_deployment(services: Services, tmp_path: Path) -> AsyncIterator[Deployment]:
-    deployed = Deployment(
+    async with Deployment(
         services.kafka_bootstrap_servers, services.redis_url, tmp_path, store="rocksdb"
-    )
-    await deployed.start()
-    yield deployed
-    await deployed.stop()
+    ) as deployed:
+        yield deployed
 
 
 async def test_sigkill_mid_stream_then_restart(rocksdb_deployment: Deployment, ad_url: str) -> None:

@@ -33,10 +33,10 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 async def deployment_with_own_redis(
     services: Services, own_redis: RedisServer, tmp_path: Path
 ) -> AsyncIterator[Deployment]:
-    deployed = Deployment(services.kafka_bootstrap_servers, own_redis.url, tmp_path / "deploy")
-    await deployed.start()
-    yield deployed
-    await deployed.stop()
+    async with Deployment(
+        services.kafka_bootstrap_servers, own_redis.url, tmp_path / "deploy"
+    ) as deployed:
+        yield deployed
 
 
 async def redis_value(url: str, key: str, timeout_s: float = 10.0) -> bytes | None:

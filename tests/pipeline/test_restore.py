@@ -26,15 +26,13 @@ HISTORY_S = 60
 
 @pytest.fixture
 async def memory_deployment(services: Services, tmp_path: Path) -> AsyncIterator[Deployment]:
-    deployed = Deployment(
+    async with Deployment(
         services.kafka_bootstrap_servers,
         services.redis_url,
         tmp_path,
         extra_env={"ADSTREAM_IMPRESSION_HISTORY_S": str(HISTORY_S)},
-    )
-    await deployed.start()
-    yield deployed
-    await deployed.stop()
+    ) as deployed:
+        yield deployed
 
 
 async def test_restart_restores_every_table_at_once(

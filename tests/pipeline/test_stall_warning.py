@@ -23,15 +23,13 @@ BACKLOG = 5000
 
 @pytest.fixture
 async def impatient_deployment(services: Services, tmp_path: Path) -> AsyncIterator[Deployment]:
-    deployed = Deployment(
+    async with Deployment(
         services.kafka_bootstrap_servers,
         services.redis_url,
         tmp_path,
         extra_env={"ADSTREAM_STALL_WARNING_S": str(STALL_WARNING_S)},
-    )
-    await deployed.start()
-    yield deployed
-    await deployed.stop()
+    ) as deployed:
+        yield deployed
 
 
 async def test_a_worker_working_off_a_backlog_is_not_reported_stalled(
