@@ -16,6 +16,12 @@ from models.events import SCHEMA_VERSION, AdRequest, Campaign
 from models.money import CPM_MAX_PLACES, MoneyError, to_micros
 
 MAX_EVENT_BYTES = 64 * 1024
+"""The largest request or campaign message the worker accepts."""
+MAX_RECORD_BYTES = 1_000_000
+"""The largest record value the worker writes. Kafka refuses a record over the topic's
+`max.message.bytes` (1,048,588 by default) and aiokafka's producer one over its
+`max_request_size` (1,048,576); this leaves room for the key, headers and batch framing, so
+every output is bounded below both by construction (docs/reliability.md, "Bounds")."""
 # Event times outside [2000-01-01, 2100-01-01) are typos or unit mistakes (seconds, us).
 MIN_TIMESTAMP_MS = 946_684_800_000
 MAX_TIMESTAMP_MS = 4_102_444_800_000
