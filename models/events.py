@@ -116,17 +116,26 @@ class AdDenied(msgspec.Struct, frozen=True):
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
-    """A message the worker could not use, kept whole for operators."""
+    """A message the worker could not use, kept for operators: whole up to a bound, else a
+    prefix with the original size and hash (`streams.stages.outputs.dead_letter_of`)."""
 
     schema: int
     key: str | None
-    """The original key, base64."""
+    """The original key, base64: whole, or its first bytes when `key_size` is set."""
     value: str | None
-    """The original value, base64."""
+    """The original value, base64: whole, or its first bytes when `value_size` is set."""
     topic: str
     partition: int
     offset: int
     error: str
+    key_size: int | None = None
+    """Set only when `key` holds a prefix: the original key's size in bytes."""
+    key_sha256: str | None = None
+    """Set only when `key` holds a prefix: the original key's SHA-256, hex."""
+    value_size: int | None = None
+    """Set only when `value` holds a prefix: the original value's size in bytes."""
+    value_sha256: str | None = None
+    """Set only when `value` holds a prefix: the original value's SHA-256, hex."""
 
 
 Decision = AdServed | AdDenied

@@ -126,9 +126,9 @@ def create_worker(
         behind_interval_s=settings.behind_commit_interval_s,
         behind_lag=settings.batch_size,
     )
-    router = Router(Outputs(sender, topics.dlq), tables.seen, topics.by_campaign, metrics)
+    router = Router(Outputs(sender, topics.dlq, metrics), tables.seen, topics.by_campaign, metrics)
     decider = Decider(
-        Outputs(sender, topics.dlq),
+        Outputs(sender, topics.dlq, metrics),
         tables,
         topics,
         resolver,

@@ -536,3 +536,38 @@ def test_valid_requests_round_trip(
         params=params,
     )
     assert decode_request(encode(request)) == request
+
+
+# -- refused at the boundary: invalid UTF-8 and duplicate keys ---------------------------------
+
+
+def test_invalid_utf8_inside_a_string_is_undecodable() -> None:
+    data = json.dumps(request_dict()).encode().replace(b'"p-1"', b'"p-1\xff"')
+    with pytest.raises(InvalidEvent) as caught:
+        decode_request(data)
+    assert caught.value.reason == "undecodable"
+    assert "UTF-8" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("first", "twice"),
+    [
+        (b'"campaign_id": "c-1"', b'"campaign_id": "c-0", "campaign_id": "c-1"'),
+        (b'"user_id": "u-1"', b'"user_id": "u-0", "user_id": "u-1"'),
+        (b'"site": "example.com"', b'"site": "a", "site": "example.com"'),
+    ],
+)
+def test_a_key_given_twice_in_any_object_is_invalid(first: bytes, twice: bytes) -> None:
+    data = json.dumps(request_dict()).encode()
+    assert first in data
+    decode_request(data)  # once is fine
+    with pytest.raises(InvalidEvent) as caught:
+        decode_request(data.replace(first, twice))
+    assert caught.value.reason == "invalid"
+    assert "appears twice" in caught.value.detail
+
+
+def test_a_campaign_with_a_key_given_twice_is_invalid() -> None:
+    data = json.dumps(campaign_dict()).encode().replace(b'"cpm":', b'"cpm": "0.01", "cpm":')
+    with pytest.raises(InvalidEvent, match="'cpm' appears twice"):
+        decode_campaign(data)

@@ -137,10 +137,11 @@ class Decider:
         for event in events:
             last_of_partition[event.message.partition] = event
             with event_context(event):
-                if event.message.topic == self.topics.campaigns:
-                    await self._update_campaign(event)
-                else:
-                    await batch.decide(event)
+                async with self.outputs.dead_letter_on_failure(event):
+                    if event.message.topic == self.topics.campaigns:
+                        await self._update_campaign(event)
+                    else:
+                        await batch.decide(event)
         await batch.finish(list(batch.pending))
         for last in last_of_partition.values():
             with event_context(last):
@@ -175,9 +176,7 @@ class Decider:
         try:
             campaign = decode_campaign_record(key, message.value)
         except InvalidEvent as exc:
-            self.metrics.dead_letters.labels(reason=exc.reason).inc()
-            log.warning("invalid campaign at offset %d kept out: %s", message.offset, exc)
-            await self.outputs.dead_letter(event, str(exc))
+            await self.outputs.dead_letter(event, exc.reason, exc.detail)
             return
         rules = CampaignRules.from_campaign(campaign, version=message.offset)
         self.tables.campaigns.set(campaign.campaign_id, rules, event)
@@ -205,14 +204,9 @@ class Decider:
             extra={"request_id": context.request_id, "correlator": context.correlator},
         )
 
-    async def serve(
-        self,
-        event: EventT[Any],
-        request: AdRequest,
-        rules: CampaignRules,
-        result: VastResult,
-        started: float,
-    ) -> None:
+    @staticmethod
+    def served_record(request: AdRequest, rules: CampaignRules, result: VastResult) -> bytes:
+        """The encoded `AdServed` of a request whose upstream gave an ad."""
         served = AdServed(
             **copied_from(request),
             cost=from_micros(rules.cost_micros),
@@ -222,7 +216,13 @@ class Decider:
             chain=result.chain,
             campaign_version=rules.version,
         )
-        await self._emit(event, self.topics.served, request, encode(served), started)
+        return encode(served)
+
+    async def serve(
+        self, event: EventT[Any], request: AdRequest, served: bytes, started: float
+    ) -> None:
+        """Send a `served_record` (its state changes are written by then)."""
+        await self._emit(event, self.topics.served, request, served, started)
         self.metrics.decisions.labels(outcome="served", reason="").inc()
 
     async def _emit(
@@ -318,23 +318,25 @@ class _Batch:
             result = await pending.task
             reservation = self.book.end(request_id)
             with event_context(pending.event):
-                if result.status == "inline" and result.ads:
-                    self._commit(pending.event, reservation, pending.rules)
-                    await self.decider.serve(
-                        pending.event, pending.request, pending.rules, result, self.started
-                    )
-                else:
-                    reason: DenialReason = (
-                        "no_fill" if result.status == "no_ad" else ("upstream_error")
-                    )
-                    await self.decider.deny(
-                        pending.event,
-                        pending.request,
-                        reason,
-                        str(result.error_code),
-                        pending.rules.version,
-                        self.started,
-                    )
+                async with self.decider.outputs.dead_letter_on_failure(pending.event):
+                    await self._end(pending, reservation, result)
+
+    async def _end(self, pending: _Pending, reservation: Reservation, result: VastResult) -> None:
+        if result.status == "inline" and result.ads:
+            # Encoded before any state changes, so that a failure leaves none behind.
+            served = self.decider.served_record(pending.request, pending.rules, result)
+            self._commit(pending.event, reservation, pending.rules)
+            await self.decider.serve(pending.event, pending.request, served, self.started)
+        else:
+            reason: DenialReason = "no_fill" if result.status == "no_ad" else "upstream_error"
+            await self.decider.deny(
+                pending.event,
+                pending.request,
+                reason,
+                str(result.error_code),
+                pending.rules.version,
+                self.started,
+            )
 
     def _commit(self, event: EventT[Any], reservation: Reservation, rules: CampaignRules) -> None:
         tables = self.decider.tables

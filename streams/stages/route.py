@@ -53,7 +53,8 @@ class Router:
         last_of_partition: dict[int, EventT[Any]] = {}
         for event in events:
             with event_context(event):
-                await self._route(event)
+                async with self.outputs.dead_letter_on_failure(event):
+                    await self._route(event)
             last_of_partition[event.message.partition] = event
         for partition, event in last_of_partition.items():
             for request_id in self.expiry.due(partition):
@@ -68,11 +69,7 @@ class Router:
             request = decode_request(value)
             check_event_time(request.context.timestamp, round(message.timestamp * 1000))
         except InvalidEvent as exc:
-            self.metrics.dead_letters.labels(reason=exc.reason).inc()
-            log.warning(
-                "dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc
-            )
-            await self.outputs.dead_letter(event, str(exc))
+            await self.outputs.dead_letter(event, exc.reason, exc.detail)
             return
         context = request.context
         if context.request_id in self.seen:

@@ -4,6 +4,7 @@ with its reason, and the worker goes on deciding."""
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import httpx
 import msgspec
@@ -37,6 +38,12 @@ async def test_each_kind_of_bad_request_is_dead_lettered(
         (msgspec.json.encode(huge_cookies), "invalid"),
         (b"[" * 70_000, "oversize"),
         (None, "undecodable"),
+        (encode(good).replace(b'"placement-1"', b'"placement-1\xff"'), "undecodable"),
+        (
+            encode(good).replace(b'"campaign_id":', b'"campaign_id":"other","campaign_id":'),
+            "invalid",
+        ),
+        (b'{"pad": "' + b"x" * 999_000 + b'"}', "oversize"),
     ]
     before = len(deployment.dead_letters)
     for value, _ in bad:
@@ -48,7 +55,17 @@ async def test_each_kind_of_bad_request_is_dead_lettered(
     assert [letter.payload["error"].split(":")[0] for letter in letters] == [r for _, r in bad]
     for letter, (value, _) in zip(letters, bad, strict=True):
         kept = letter.payload["value"]
-        assert (None if kept is None else base64.b64decode(kept)) == value
+        kept_value = None if kept is None else base64.b64decode(kept)
+        if value is not None and len(value) > 512 * 1024:
+            # Too large to keep whole below the DLQ's record limit: a prefix, size and hash.
+            assert kept_value == value[: 512 * 1024]
+            assert letter.payload["value_size"] == len(value)
+            assert letter.payload["value_sha256"] == hashlib.sha256(value).hexdigest()
+            cut = f"value kept as its first 524,288 of {len(value):,} bytes"
+            assert cut in letter.payload["error"]
+        else:
+            assert kept_value == value
+            assert letter.payload["value_size"] is None
         assert base64.b64decode(letter.payload["key"]) == b"bad-key"
         assert letter.payload["topic"] == deployment.topics.requests
         assert letter.payload["offset"] >= 0
@@ -66,9 +83,15 @@ async def test_invalid_campaign_changes_nothing_and_is_dead_lettered(
         msgspec.json.encode(broken),
         key=rules.campaign_id.encode(),
     )
-    letters = await deployment.dead_lettered(before + 1)
-    assert "more than 3 decimal places" in letters[-1].payload["error"]
-    assert letters[-1].payload["topic"] == deployment.topics.campaigns
+    not_utf8 = msgspec.json.encode({**msgspec.to_builtins(rules), "cpm": "9.00"})
+    not_utf8 = not_utf8.replace(b'"USD"', b'"US\xff"')
+    await deployment._producer.send_and_wait(
+        deployment.topics.campaigns, not_utf8, key=rules.campaign_id.encode()
+    )
+    letters = await deployment.dead_lettered(before + 2)
+    assert "more than 3 decimal places" in letters[-2].payload["error"]
+    assert letters[-2].payload["topic"] == deployment.topics.campaigns
+    assert letters[-1].payload["error"].startswith("undecodable: invalid UTF-8")
     (decision,) = await deployment.decided(
         await deployment.publish(request(rules.campaign_id, BASE_MS + 12 * DAY_MS, "c-user"))
     )
