@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -25,6 +26,7 @@ from faust.types import EventT, StreamT
 from prometheus_client import generate_latest
 
 from models.codec import encode
+from streams.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.faust_patches import (
     FAILED_EXIT,
     Committer,
@@ -32,6 +34,7 @@ from streams.faust_patches import (
     TransactionalSender,
     TransactionIds,
     check_restores,
+    event_context,
     keep_fetched_records,
     tune_clients,
 )
@@ -146,7 +149,10 @@ def create_worker(
     tables.frequency.table.on_recover(decider.rebuild_expiry)
 
     async def run_stage(
-        stream: StreamT[Any], handle: Callable[[Sequence[EventT[Any]]], Awaitable[None]]
+        stream: StreamT[Any],
+        handle: Callable[[Sequence[EventT[Any]]], Awaitable[None]],
+        outputs: Outputs,
+        journal: CrashJournal,
     ) -> None:
         committer.install()
         skipped.install()
@@ -157,7 +163,13 @@ def create_worker(
             async with committer.batch():
                 try:
                     events = await skipped.complete(taken)
-                    await handle(events)
+                    for handling, run in journal.plan(events):
+                        journal.begin(run)
+                        if handling == "set_aside":
+                            await set_aside(run[0], outputs)
+                        else:
+                            await handle(run)
+                        journal.end(run)
                 except Exception:
                     # The batch's outputs may sit half sent in open transactions and its table
                     # writes are in local state, so no commit may follow, and a stage that
@@ -170,13 +182,28 @@ def create_worker(
                 for event in events:
                     committer.finished(event.message.tp, event.message.offset)
 
+    async def set_aside(event: EventT[Any], outputs: Outputs) -> None:
+        with event_context(event):
+            await outputs.dead_letter(
+                event,
+                "crash_loop",
+                f"the worker exited {CRASHES_BEFORE_ISOLATING} or more times in a row while "
+                "processing this message; it was set aside unprocessed",
+            )
+        await outputs.delivered()
+
+    journals = {
+        name: CrashJournal.open(Path(settings.data_dir) / f"crash-journal-{name}.json")
+        for name in ("route", "decide")
+    }
+
     @app.agent(raw_topic(topics.requests), name="route")
     async def route(stream: StreamT[Any]) -> None:
-        await run_stage(stream, router.handle)
+        await run_stage(stream, router.handle, router.outputs, journals["route"])
 
     @app.agent(raw_topic(topics.by_campaign, topics.campaigns), name="decide")
     async def decide(stream: StreamT[Any]) -> None:
-        await run_stage(stream, decider.handle)
+        await run_stage(stream, decider.handle, decider.outputs, journals["decide"])
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

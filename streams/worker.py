@@ -32,22 +32,11 @@ from streams.vast.transport import VastTransport
 log = logging.getLogger(__name__)
 
 
-def run(settings: Settings) -> None:
-    """Create missing topics, then run the Faust worker in this process until stopped."""
-    logs.configure(settings.log_level)
-    if settings.event_loop == "uvloop":
-        # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
-    partitions = asyncio.run(
-        ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
-    )
-    changelogs = changelog_partitions(
-        settings.app_id, requests=partitions.requests, campaigns=partitions.campaigns
-    )
-    asyncio.run(ensure_changelogs(settings.kafka_bootstrap_servers, changelogs))
-    upstreams = CampaignUpstreams(
+def upstreams_for(
+    settings: Settings, kind: type[CampaignUpstreams] = CampaignUpstreams
+) -> CampaignUpstreams:
+    """The worker's VAST resolver as the settings configure it."""
+    return kind(
         VastTransport(
             block_private_addresses=settings.block_private_addresses,
             allowed_networks=[n.strip() for n in settings.allowed_networks.split(",") if n.strip()],
@@ -65,6 +54,26 @@ def run(settings: Settings) -> None:
             else None
         ),
     )
+
+
+def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
+    """Create missing topics, then run the Faust worker in this process until stopped.
+
+    `upstreams`: the resolver, `upstreams_for(settings)` unless given (a test's subclass)."""
+    logs.configure(settings.log_level)
+    if settings.event_loop == "uvloop":
+        # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    partitions = asyncio.run(
+        ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
+    )
+    changelogs = changelog_partitions(
+        settings.app_id, requests=partitions.requests, campaigns=partitions.campaigns
+    )
+    asyncio.run(ensure_changelogs(settings.kafka_bootstrap_servers, changelogs))
+    upstreams = upstreams or upstreams_for(settings)
     metrics = Metrics()
     lookaside = (
         RedisLookaside(settings.redis_url, prefix=settings.topic_prefix, metrics=metrics)

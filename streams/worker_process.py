@@ -29,6 +29,8 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     web_port: int
+    command: tuple[str, ...] = ("-m", "streams.cli", "worker")
+    """What `python` runs: the production entry point unless a test gives its driver."""
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -42,7 +44,7 @@ class WorkerProcess:
             # Its own session: a signal meant for the worker reaches its whole process group,
             # and a Ctrl-C in the caller's terminal is the caller's to pass on.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, *self.command],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -88,6 +88,7 @@ class Deployment:
     partitions: int = 2
     store: str = "memory"
     extra_env: dict[str, str] = field(default_factory=dict)
+    worker_command: tuple[str, ...] = ("-m", "streams.cli", "worker")
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     workers: list[WorkerProcess] = field(default_factory=list)
 
@@ -139,7 +140,10 @@ class Deployment:
         index = len(self.workers) if index is None else index
         port = free_port()
         worker = WorkerProcess(
-            self.worker_env(index, port), self.root / f"worker-{index}.log", port
+            self.worker_env(index, port),
+            self.root / f"worker-{index}.log",
+            port,
+            self.worker_command,
         )
         worker.start()
         self.workers.append(worker)
