@@ -23,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import gc
+import hashlib
 import random
 import re
 import signal
@@ -50,8 +51,10 @@ from streams.decisions import Decision
 from streams.faust_patches import FAILED_EXIT
 from streams.invariants import budget_violations, cap_violations, spend_by_campaign
 from streams.lookaside import CapView, SpendView, cap_key, spend_key
+from streams.stages.outputs import KEPT_KEY_BYTES, KEPT_VALUE_BYTES
 from streams.worker_process import WorkerFailed, WorkerProcess
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
+from tests.scale.fuzz import Raw, campaign_fuzz, request_fuzz
 from tests.upstream import VastServer, inline, vast, wrapper
 
 # ---------------------------------------------------------------------------------------
@@ -68,6 +71,8 @@ class Size:
     redis_requests: int
     broker_requests: int
     state_keys: int
+    fuzz_valid: int
+    fuzz_hostile: int
 
 
 SMALL = Size(
@@ -79,6 +84,8 @@ SMALL = Size(
     redis_requests=1_200,
     broker_requests=1_500,
     state_keys=8_000,
+    fuzz_valid=2_000,
+    fuzz_hostile=3_000,
 )
 FULL = Size(
     "full",
@@ -89,6 +96,8 @@ FULL = Size(
     redis_requests=20_000,
     broker_requests=30_000,
     state_keys=1_000_000,
+    fuzz_valid=30_000,
+    fuzz_hostile=30_000,
 )
 SIZES = {size.name: size for size in (SMALL, FULL)}
 
@@ -222,15 +231,6 @@ def workload(
     ]
 
 
-@dataclass
-class Raw:
-    """A message published as it is (broken input), with the DLQ reason it must get."""
-
-    key: bytes
-    value: bytes | None
-    reason: str
-
-
 Item = AdRequest | Raw
 
 
@@ -249,7 +249,8 @@ async def publish(
         requests = [item for item in part if isinstance(item, AdRequest)]
         for item in part:
             if isinstance(item, Raw):
-                await producer.send(deployment.topics.requests, item.value, key=item.key)
+                topic = getattr(deployment.topics, item.topic)
+                await producer.send(topic, item.value, key=item.key)
         await deployment.publish(*requests)
         if published_at is not None:
             now = time.monotonic()
@@ -376,24 +377,26 @@ async def audit(
     if mismatches:
         result.fail(f"spend: {mismatches[:3]}")
 
-    # Dead letters: each broken input once, whole, with its reason.
-    letters: dict[bytes, list[Decision]] = defaultdict(list)
+    # Dead letters: each broken input once, with its reason, kept whole or as a marked prefix.
+    letters: dict[bytes, list[dict[str, Any]]] = defaultdict(list)
     for letter in deployment.dead_letters:
-        key = letter.payload["key"]
-        letters[b"" if key is None else base64.b64decode(key)].append(letter)
+        letters[kept_bytes(letter.payload, "key") or b""].append(letter.payload)
     result.dead_letters = len(deployment.dead_letters)
     missing = 0
+    wrong_reason: Counter[str] = Counter()
     for item in broken:
-        found = letters.get(item.key, [])
-        kept = found[0].payload if found else None
-        if (
-            kept is None
-            or not kept["error"].startswith(item.reason)
-            or (kept["value"] and base64.b64decode(kept["value"])) != (item.value or None)
-        ):
+        found = letters.get(kept_bytes_of(item.key, "key"), [])
+        match = next((kept for kept in found if keeps(kept, item)), None)
+        if match is None:
             missing += 1
+            continue
+        found.remove(match)
+        if not match["error"].startswith(item.reason):
+            wrong_reason[f"{item.kind or item.reason}: {match['error'][:60]}"] += 1
     if missing:
-        result.fail(f"{missing} broken inputs not dead-lettered whole with their reason")
+        result.fail(f"{missing} broken inputs not dead-lettered as they were")
+    if wrong_reason:
+        result.fail(f"dead-lettered with another reason: {wrong_reason.most_common(3)}")
     if result.dead_letters != len(broken):
         result.fail(f"{result.dead_letters} dead letters for {len(broken)} broken inputs")
     result.lost = undecided + missing
@@ -423,6 +426,34 @@ async def audit(
         result.model_mismatches = len(wrong)
         if wrong:
             result.fail(f"{len(wrong)} decisions differ from one-at-a-time: {wrong[:3]}")
+
+
+def kept_bytes(letter: Mapping[str, Any], name: str) -> bytes | None:
+    """A dead letter's `key` or `value` as it kept it (whole, or a prefix)."""
+    kept = letter[name]
+    return None if kept is None else base64.b64decode(kept)
+
+
+def kept_bytes_of(original: bytes, name: str) -> bytes:
+    """What a dead letter keeps of an original key or value (`streams.stages.outputs`)."""
+    bound = KEPT_KEY_BYTES if name == "key" else KEPT_VALUE_BYTES
+    return original[:bound]
+
+
+def keeps(letter: Mapping[str, Any], item: Raw) -> bool:
+    """Whether `letter` holds `item`: whole, or a prefix with the original size and hash."""
+    for name, original in (("key", item.key), ("value", item.value)):
+        kept = kept_bytes(letter, name)
+        if original is None or kept is None or letter[f"{name}_size"] is None:
+            if kept != original:
+                return False
+        elif (
+            kept != kept_bytes_of(original, name)
+            or letter[f"{name}_size"] != len(original)
+            or letter[f"{name}_sha256"] != hashlib.sha256(original).hexdigest()
+        ):
+            return False
+    return True
 
 
 def assigned_partitions(worker: WorkerProcess, topic: str) -> set[int]:
@@ -682,30 +713,87 @@ async def bad_input_at_volume(env: Env, size: Size) -> Result:
         campaigns = campaign_mix(ad_url(env), 4, 4, count // 4, tag="v")
         await deployment.load(*campaigns.values())
         rng = random.Random(4)
-        requests = workload(rng, list(campaigns), count, users=max(count // 30, 10))
         broken = broken_inputs(rng, size.volume_broken, int(time.time() * 1000))
-        resent = rng.sample(requests, count // 50)
-        # Broken inputs among the valid ones; re-sent requests a little after their first.
-        placed: list[tuple[float, Item]] = [(float(i), item) for i, item in enumerate(requests)]
-        placed += [(rng.uniform(0, count), raw) for raw in broken]
-        position = {item.context.request_id: i for i, item in enumerate(requests)}
-        placed += [
-            (position[item.context.request_id] + rng.uniform(1, 200), item) for item in resent
-        ]
-        placed.sort(key=lambda pair: pair[0])
-        items = [item for _, item in placed]
-        started = time.monotonic()
-        await publish(deployment, items, chunk=500, pause_s=0.0)
-        await audit(result, deployment, requests, campaigns, broken=broken, resent=len(resent))
-        result.timings_s["published_to_all_decided"] = round(time.monotonic() - started, 3)
-        result.measures["dead_letter_reasons"] = dict(
-            Counter(letter.payload["error"].split(":")[0] for letter in deployment.dead_letters)
-        )
-        alive = all(w.running() for w in deployment.workers)
-        result.measures["worker_alive"] = alive
-        if not alive:
-            result.fail("the worker stopped")
+        await mixed_stream(result, deployment, rng, campaigns, count, broken)
     return result
+
+
+async def hostile_input(env: Env, size: Size) -> Result:
+    """Fuzzing at volume: valid requests with generated hostile messages on both input topics
+    (`tests.scale.fuzz`: random bytes, invalid UTF-8 at random places, truncated and deeply
+    nested JSON, keys given twice in any object, extreme numbers, messages and keys near a
+    megabyte; campaign records with unknown fields and budgets past what state holds, each
+    keyed by a campaign in force). The worker must never exit, decide every valid request
+    once by the rules in force, dead-letter every hostile message with its exact reason, and
+    keep its memory bounded."""
+    result = Result("hostile_input", "generated hostile messages among valid requests", size.name)
+    async with deployed(env, "fuzz", partitions=4) as deployment:
+        count = size.fuzz_valid
+        campaigns = campaign_mix(ad_url(env), 4, 4, count // 4, tag="f")
+        await deployment.load(*campaigns.values())
+        rng = random.Random(12)
+        requests_made = request_fuzz(rng, list(campaigns), huge_share=0.002)
+        campaigns_made = campaign_fuzz(rng, list(campaigns.values()))
+        hostile = [
+            campaigns_made() if rng.random() < 0.05 else requests_made()
+            for _ in range(size.fuzz_hostile)
+        ]
+        worker = deployment.workers[0]
+        peak_rss = 0
+
+        async def sample_rss() -> None:
+            nonlocal peak_rss
+            while True:
+                peak_rss = max(peak_rss, rss_bytes(worker.pid))
+                await asyncio.sleep(0.2)
+
+        sampler = asyncio.create_task(sample_rss())
+        try:
+            await mixed_stream(result, deployment, rng, campaigns, count, hostile)
+        finally:
+            sampler.cancel()
+        result.measures["hostile_by_kind"] = dict(
+            Counter(item.kind for item in hostile).most_common()
+        )
+        result.measures["worker_exits"] = sum(1 for w in deployment.workers if not w.running())
+        result.measures["peak_rss_mb"] = round(peak_rss / 2**20, 1)
+        if peak_rss > MAX_FUZZ_RSS_BYTES:
+            result.fail(f"worker RSS peaked at {peak_rss / 2**20:.0f} MiB")
+    return result
+
+
+MAX_FUZZ_RSS_BYTES = 1 << 30
+"""A generous bound on a fuzzed worker's memory (the measured peak is in docs/reliability.md)."""
+
+
+async def mixed_stream(
+    result: Result,
+    deployment: Deployment,
+    rng: random.Random,
+    campaigns: Mapping[str, Campaign],
+    count: int,
+    broken: Sequence[Raw],
+) -> None:
+    """Publish `count` valid requests with `broken` placed among them at random and 2% of the
+    valid ones re-sent a little after their first, as fast as the producer goes; audit."""
+    requests = workload(rng, list(campaigns), count, users=max(count // 30, 10))
+    resent = rng.sample(requests, count // 50)
+    placed: list[tuple[float, Item]] = [(float(i), item) for i, item in enumerate(requests)]
+    placed += [(rng.uniform(0, count), raw) for raw in broken]
+    position = {item.context.request_id: i for i, item in enumerate(requests)}
+    placed += [(position[item.context.request_id] + rng.uniform(1, 200), item) for item in resent]
+    placed.sort(key=lambda pair: pair[0])
+    started = time.monotonic()
+    await publish(deployment, [item for _, item in placed], chunk=500, pause_s=0.0)
+    await audit(result, deployment, requests, campaigns, broken=broken, resent=len(resent))
+    result.timings_s["published_to_all_decided"] = round(time.monotonic() - started, 3)
+    result.measures["dead_letter_reasons"] = dict(
+        Counter(letter.payload["error"].split(":")[0] for letter in deployment.dead_letters)
+    )
+    alive = all(w.running() for w in deployment.workers)
+    result.measures["worker_alive"] = alive
+    if not alive:
+        result.fail("the worker stopped")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1284,6 +1372,7 @@ Scenario = Callable[[Env, Size], Awaitable[Result]]
 SCENARIOS: dict[str, Scenario] = {
     "scale_out": scale_out,
     "bad_input": bad_input_at_volume,
+    "hostile_input": hostile_input,
     "hostile_upstreams": hostile_upstreams,
     "redis_outage": redis_outage,
     "broker_restart": broker_restart,
