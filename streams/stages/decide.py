@@ -36,7 +36,7 @@ from streams.stages.outputs import Outputs
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
 from streams.state.expiry import ExpiryIndex, rebuilt
-from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
+from streams.state.frequency import Impressions
 from streams.state.spend import Spend
 from streams.tables import CapEntry, Tables, frequency_key, split_frequency_key
 from streams.topics import Topics
@@ -267,10 +267,8 @@ class _Batch:
         user_id = user_id_of(context)
         t = context.timestamp
         partition = event.message.partition
-        # Cap state ages out by the partition's newest event time (`_expire`), so only
-        # requests within the allowed lateness of it can be checked exactly.
-        watermark = decider.expiry.watermark(partition)
-        oldest_checkable = None if watermark is None else watermark - ALLOWED_LATENESS_MS
+        # Cap state ages out by the partition's newest event time, at batch ends (`_expire`).
+        aged_out_by = decider.expiry.swept(partition)
         decider.expiry.observe(partition, t)
         rules = tables.campaigns.get(request.campaign_id)
         while True:
@@ -285,7 +283,7 @@ class _Batch:
                 rules=rules,
                 impressions=entry.impressions if entry else None,
                 spent=tables.spend.get(request.campaign_id) if rules else None,
-                oldest_checkable=oldest_checkable,
+                aged_out_by=aged_out_by,
             )
             if not isinstance(verdict, Wait):
                 break

@@ -4,7 +4,9 @@ Faust's own expiring (windowed) tables go by the wall clock and never expire wha
 restored from a changelog (faust-streaming #385, #193). Here each partition keeps a heap of
 (expires_at, key) and a watermark: the newest event time seen in that partition. A key is
 due once the watermark passes its expiry. The heap may hold stale entries for keys that were
-renewed since; whoever deletes checks the stored value's own expiry first.
+renewed since; whoever deletes checks the stored value's own expiry first. `swept` is the
+watermark of the partition's last `due`: no key has been dropped for a newer one, which bounds
+what a request's absent (or since re-created) key may have held.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class ExpiryIndex:
     def __init__(self) -> None:
         self._heaps: defaultdict[int, list[tuple[int, str]]] = defaultdict(list)
         self._watermarks: dict[int, int] = {}
+        self._swept: dict[int, int] = {}
 
     def add(self, partition: int, key: str, expires_at: int) -> None:
         heapq.heappush(self._heaps[partition], (expires_at, key))
@@ -34,9 +37,15 @@ class ExpiryIndex:
     def watermark(self, partition: int) -> int | None:
         return self._watermarks.get(partition)
 
+    def swept(self, partition: int) -> int | None:
+        """The watermark of the partition's last `due`: every key due so far was due by it."""
+        return self._swept.get(partition)
+
     def due(self, partition: int, limit: int = 1000) -> list[str]:
         """Pop up to `limit` keys whose expiry the partition's watermark has passed."""
         watermark = self._watermarks.get(partition)
+        if watermark is not None:
+            self._swept[partition] = watermark
         heap = self._heaps.get(partition)
         due: list[str] = []
         while heap and watermark is not None and len(due) < limit and heap[0][0] <= watermark:
@@ -48,6 +57,7 @@ class ExpiryIndex:
         for partition in partitions:
             self._heaps.pop(partition, None)
             self._watermarks.pop(partition, None)
+            self._swept.pop(partition, None)
 
     def __len__(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
