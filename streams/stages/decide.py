@@ -153,17 +153,12 @@ class Decider:
 
     def _expire(self, last: EventT[Any]) -> None:
         """Drop the cap state of `last`'s partition that has aged out of every window."""
-        partition = last.message.partition
-        watermark = self.expiry.watermark(partition)
-        for key in self.expiry.due(partition):
-            entry = self.tables.frequency.get(key)
-            if entry is None:
-                continue
-            expires_at = self._expires_at(key, entry)
-            if watermark is not None and expires_at <= watermark:
-                self.tables.frequency.delete(key, last)
-            else:  # renewed since it was indexed
-                self.expiry.add(partition, key, expires_at)
+        for key in self.expiry.sweep(last.message.partition, self._stored_expiry):
+            self.tables.frequency.delete(key, last)
+
+    def _stored_expiry(self, key: str) -> int | None:
+        entry = self.tables.frequency.get(key)
+        return None if entry is None else self._expires_at(key, entry)
 
     async def _update_campaign(self, event: EventT[Any]) -> None:
         message = event.message

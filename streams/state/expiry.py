@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 INDEXED_PER_TURN = 10_000
 """Keys indexed between two yields to the event loop while rebuilding after a restore."""
@@ -51,6 +51,23 @@ class ExpiryIndex:
         while heap and watermark is not None and len(due) < limit and heap[0][0] <= watermark:
             due.append(heapq.heappop(heap)[1])
         return due
+
+    def sweep(self, partition: int, stored_expiry: Callable[[str], int | None]) -> list[str]:
+        """The due keys to drop: those whose stored state (`stored_expiry`, None once the key
+        is gone) still expires by the watermark. One renewed since it was indexed is indexed
+        again at its new expiry."""
+        watermark = self._watermarks.get(partition)
+        aged_out: list[str] = []
+        for key in self.due(partition):
+            expires_at = stored_expiry(key)
+            if expires_at is None:
+                continue
+            assert watermark is not None  # nothing is due without one
+            if expires_at <= watermark:
+                aged_out.append(key)
+            else:
+                self.add(partition, key, expires_at)
+        return aged_out
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what is known of partitions this worker no longer owns."""
