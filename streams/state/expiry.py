@@ -53,21 +53,21 @@ class ExpiryIndex:
         return due
 
     def sweep(self, partition: int, stored_expiry: Callable[[str], int | None]) -> list[str]:
-        """The due keys to drop: those whose stored state (`stored_expiry`, None once the key
-        is gone) still expires by the watermark. One renewed since it was indexed is indexed
-        again at its new expiry."""
+        """The due keys to drop, each once: those whose stored state (`stored_expiry`, None
+        once the key is gone) still expires by the watermark. One renewed since it was
+        indexed is indexed again at its new expiry."""
         watermark = self._watermarks.get(partition)
-        aged_out: list[str] = []
+        aged_out: dict[str, None] = {}  # a key is indexed again at every renewal
         for key in self.due(partition):
             expires_at = stored_expiry(key)
-            if expires_at is None:
+            if expires_at is None or key in aged_out:
                 continue
             assert watermark is not None  # nothing is due without one
             if expires_at <= watermark:
-                aged_out.append(key)
+                aged_out[key] = None
             else:
                 self.add(partition, key, expires_at)
-        return aged_out
+        return list(aged_out)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what is known of partitions this worker no longer owns."""

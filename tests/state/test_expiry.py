@@ -43,7 +43,7 @@ def test_forgotten_partitions_lose_keys_and_watermark() -> None:
 
 def test_sweep_drops_what_aged_out_and_reindexes_what_was_renewed() -> None:
     index = ExpiryIndex()
-    for key in ("aged", "renewed", "gone"):
+    for key in ("aged", "renewed", "gone", "aged"):
         index.add(0, key, 100)
     stored = {"aged": 100, "renewed": 500}
     assert index.swept(0) is None
