@@ -91,13 +91,14 @@ class DecisionBook:
         rules: CampaignRules | None,
         impressions: Impressions | None,
         spent: Spend | None,
-        oldest_checkable: int | None = None,
+        aged_out_by: int | None = None,
     ) -> Verdict:
         """The verdict for one request; `impressions` and `spent` are the committed state.
 
-        `oldest_checkable`: the earliest event time whose caps the state can still answer
-        for (cap state of other users may have aged out by their partition's newest event
-        time); a capped request before it is refused as late."""
+        `aged_out_by`: the watermark by which cap state of the request's partition was last
+        aged out (`ExpiryIndex.swept`), None if none was: the request's key may have been
+        dropped whole by it, so a capped request whose windows reach behind what that key
+        may have held is refused as late."""
         if rules is None:
             return Deny("campaign_unknown")
         if not rules.active:
@@ -105,18 +106,28 @@ class DecisionBook:
         capped = bool(rules.caps) and user_id is not None
         if rules.caps and user_id is None and not rules.anonymous_allowed:
             return Deny("anonymous")
-        if capped and oldest_checkable is not None and t < oldest_checkable:
-            return Deny("frequency_cap", "late")
         if capped:
-            verdict = self._check_caps(rules, user_id, t, impressions or Impressions())
+            expired_through = (
+                None
+                if aged_out_by is None
+                else frequency.dropped_through(aged_out_by, self.keep_ms(rules))
+            )
+            verdict = self._check_caps(
+                rules, user_id, t, impressions or Impressions(), expired_through
+            )
             if verdict is not None:
                 return verdict
         return self._check_budget(rules, t, spent or Spend()) or Reserve(rules.cost_micros)
 
     def _check_caps(
-        self, rules: CampaignRules, user_id: str | None, t: int, impressions: Impressions
+        self,
+        rules: CampaignRules,
+        user_id: str | None,
+        t: int,
+        impressions: Impressions,
+        expired_through: int | None,
     ) -> Verdict | None:
-        if frequency.is_late(impressions, rules.caps, t):
+        if frequency.is_late(impressions, rules.caps, t, expired_through):
             return Deny("frequency_cap", "late")
         cap = frequency.blocking_cap(impressions.times, rules.caps, t)
         if cap is not None:

@@ -36,7 +36,7 @@ from streams.stages.outputs import Outputs
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
 from streams.state.expiry import ExpiryIndex, rebuilt
-from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
+from streams.state.frequency import Impressions
 from streams.state.spend import Spend
 from streams.tables import CapEntry, Tables, frequency_key, split_frequency_key
 from streams.topics import Topics
@@ -154,17 +154,12 @@ class Decider:
 
     def _expire(self, last: EventT[Any]) -> None:
         """Drop the cap state of `last`'s partition that has aged out of every window."""
-        partition = last.message.partition
-        watermark = self.expiry.watermark(partition)
-        for key in self.expiry.due(partition):
-            entry = self.tables.frequency.get(key)
-            if entry is None:
-                continue
-            expires_at = self._expires_at(key, entry)
-            if watermark is not None and expires_at <= watermark:
-                self.tables.frequency.delete(key, last)
-            else:  # renewed since it was indexed
-                self.expiry.add(partition, key, expires_at)
+        for key in self.expiry.sweep(last.message.partition, self._stored_expiry):
+            self.tables.frequency.delete(key, last)
+
+    def _stored_expiry(self, key: str) -> int | None:
+        entry = self.tables.frequency.get(key)
+        return None if entry is None else self._expires_at(key, entry)
 
     async def _update_campaign(self, event: EventT[Any]) -> None:
         message = event.message
@@ -267,10 +262,8 @@ class _Batch:
         user_id = user_id_of(context)
         t = context.timestamp
         partition = event.message.partition
-        # Cap state ages out by the partition's newest event time (`_expire`), so only
-        # requests within the allowed lateness of it can be checked exactly.
-        watermark = decider.expiry.watermark(partition)
-        oldest_checkable = None if watermark is None else watermark - ALLOWED_LATENESS_MS
+        # Cap state ages out by the partition's newest event time, at batch ends (`_expire`).
+        aged_out_by = decider.expiry.swept(partition)
         decider.expiry.observe(partition, t)
         rules = tables.campaigns.get(request.campaign_id)
         while True:
@@ -285,7 +278,7 @@ class _Batch:
                 rules=rules,
                 impressions=entry.impressions if entry else None,
                 spent=tables.spend.get(request.campaign_id) if rules else None,
-                oldest_checkable=oldest_checkable,
+                aged_out_by=aged_out_by,
             )
             if not isinstance(verdict, Wait):
                 break

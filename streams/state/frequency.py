@@ -12,7 +12,9 @@ served before it (DESIGN.md: every served impression counts). The list keeps wha
 still see: `kept_ms(longest window, history)` of event time, the impression history horizon
 (the worker's `ADSTREAM_IMPRESSION_HISTORY_S`) or the campaign's longest window if that is
 longer, plus `ALLOWED_LATENESS_MS` for late requests, before the newest impression. Older
-times are dropped, and `horizon` remembers how far.
+times are dropped (`dropped_through`), and `horizon` remembers how far. By the same rule the
+worker drops a whole key once its partition's newest event time (the watermark) has passed
+`expires_at`, so a key dropped by a watermark held nothing after `dropped_through(watermark)`.
 
 So a window no longer than the history is always exact. A window longer than the history
 counts what is kept: everything once the cap has been in force for its whole window, but
@@ -25,11 +27,15 @@ would grow without end: every check scans it, and its changelog record passes Ka
 limit at ~110k times, which would stop the worker. A cap of `max` needs only the newest `max`
 times of a window to be exact, so in-order requests stay exact.
 
-A request more than the allowed lateness behind the newest impression whose windows reach
-behind the horizon cannot be checked exactly, so it is refused (`late`) rather than risk the
-cap. Within the allowed lateness a request is never refused as late, unless the list is at its
-length bound: with the caps unchanged its windows miss nothing dropped for age, and a window
-reaching further back than was kept (a cap added or lengthened since) counts what is kept.
+A request is refused as late (`is_late`) only when its windows reach behind what may have
+been dropped for its own key, which then cannot be checked exactly: behind the whole key's
+possible expiry (`dropped_through` of the watermark it was last expired by; an absent key, or
+one recorded afresh since, may have held times up to there), or, more than the allowed
+lateness behind the key's newest impression, behind its `horizon`. Within the allowed
+lateness of its newest impression a request is not refused for the horizon, unless the list
+is at its length bound: with the caps unchanged its windows miss nothing dropped for age, and
+a window reaching further back than was kept (a cap added or lengthened since) counts what is
+kept. Other keys' event times never make a request late, however far ahead they run.
 """
 
 from __future__ import annotations
@@ -55,6 +61,13 @@ MAX_KEPT_IMPRESSIONS = 10_000
 def kept_ms(longest_window_ms: int, history_ms: int) -> int:
     """How much event time of impressions (before the newest) is kept, lateness aside."""
     return max(longest_window_ms, history_ms)
+
+
+def dropped_through(now: int, keep_ms: int) -> int:
+    """The newest impression time no longer kept once event time reaches `now`, for a
+    campaign keeping `keep_ms` (`kept_ms`): `record` drops a key's times by its newest
+    impression, expiry drops whole keys by the partition's watermark (`expires_at`)."""
+    return now - keep_ms - ALLOWED_LATENESS_MS
 
 
 def kept_count(caps: Iterable[Cap]) -> int:
@@ -89,13 +102,19 @@ def blocking_cap(times: Sequence[int], caps: Iterable[Cap], t: int) -> Cap | Non
     return None
 
 
-def is_late(impressions: Impressions, caps: Sequence[Cap], t: int) -> bool:
-    """True when `t` is more than the allowed lateness behind the newest impression and a
-    window of `t` reaches behind what has been dropped."""
+def is_late(
+    impressions: Impressions, caps: Sequence[Cap], t: int, expired_through: int | None = None
+) -> bool:
+    """True when a window of `t` reaches behind what may have been dropped for this key:
+    behind `expired_through` (`dropped_through` of the watermark its partition's keys were
+    last expired by: the key may have been dropped whole, and recorded afresh since), or,
+    more than the allowed lateness behind the newest impression, behind the horizon."""
+    longest = max((cap.window_ms for cap in caps), default=0)
+    if expired_through is not None and t - longest < expired_through:
+        return True
     if impressions.horizon <= 0:
         return False
     newest = impressions.times[-1] if impressions.times else impressions.horizon
-    longest = max((cap.window_ms for cap in caps), default=0)
     if t - longest >= impressions.horizon:
         return False  # its windows miss nothing that was dropped
     # Within the lateness only a list cut to its length bound can miss what a window held.
@@ -104,11 +123,10 @@ def is_late(impressions: Impressions, caps: Sequence[Cap], t: int) -> bool:
 
 
 def record(impressions: Impressions, t: int, keep_ms: int, keep_count: int) -> None:
-    """Add a served impression at `t`, drop what is more than `keep_ms` (`kept_ms`) plus the
-    allowed lateness older than the newest impression, and keep at most the newest
-    `keep_count` (`kept_count`)."""
+    """Add a served impression at `t`, drop what is no longer kept by the newest impression
+    (`dropped_through`), and keep at most the newest `keep_count` (`kept_count`)."""
     insort(impressions.times, t)
-    drop_through = impressions.times[-1] - keep_ms - ALLOWED_LATENESS_MS
+    drop_through = dropped_through(impressions.times[-1], keep_ms)
     cut = max(bisect_right(impressions.times, drop_through), len(impressions.times) - keep_count)
     if cut:
         # The newest time dropped, not `drop_through`: that depends on the order impressions
@@ -118,6 +136,7 @@ def record(impressions: Impressions, t: int, keep_ms: int, keep_count: int) -> N
 
 
 def expires_at(impressions: Impressions, keep_ms: int) -> int:
-    """The event time after which this state would all have been dropped by `record`."""
+    """The first event time at which all of this state is dropped: the `now` whose
+    `dropped_through` reaches the newest impression."""
     newest = impressions.times[-1] if impressions.times else impressions.horizon
-    return newest + keep_ms + ALLOWED_LATENESS_MS
+    return newest + (newest - dropped_through(newest, keep_ms))

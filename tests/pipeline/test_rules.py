@@ -213,27 +213,6 @@ async def test_requests_overlapping_in_one_batch_decide_as_if_one_at_a_time(
         assert outcomes(decisions) == outcome
 
 
-async def test_cap_state_aged_out_by_another_users_event_time_cannot_serve_a_late_request(
-    deployment: Deployment, ad_url: str
-) -> None:
-    # One campaign partition carries every user: Bob, hours ahead in event time, moves its
-    # watermark, and cap state ages out by it (Alice's only after the impression history,
-    # but the worker cannot tell whose did). Alice's next request, in order for her, is
-    # more than the allowed lateness behind the partition: refused as late, never served.
-    rules = campaign(ad_url, caps=[(2, 1800)])
-    await deployment.load(rules)
-    t = BASE_MS + 20 * DAY_MS
-    first = [request(rules.campaign_id, t + i * MINUTE, "alice") for i in range(2)]
-    assert outcomes(await deployment.decided(await deployment.publish(*first))) == ["served"] * 2
-    bob = request(rules.campaign_id, t + 3 * HOUR, "bob")
-    await deployment.decided(await deployment.publish(bob))
-    (third,) = await deployment.decided(
-        await deployment.publish(request(rules.campaign_id, t + 15 * MINUTE, "alice"))
-    )
-    assert third.reason == "frequency_cap"
-    assert third.payload["detail"] == "late"
-
-
 async def test_a_cap_added_later_counts_impressions_served_uncapped(
     deployment: Deployment, ad_url: str
 ) -> None:

@@ -41,6 +41,24 @@ def test_forgotten_partitions_lose_keys_and_watermark() -> None:
     assert len(index) == 1
 
 
+def test_sweep_drops_what_aged_out_and_reindexes_what_was_renewed() -> None:
+    index = ExpiryIndex()
+    for key in ("aged", "renewed", "gone", "aged"):
+        index.add(0, key, 100)
+    stored = {"aged": 100, "renewed": 500}
+    assert index.swept(0) is None
+    index.observe(0, 200)
+    assert index.sweep(0, stored.get) == ["aged"]
+    assert index.swept(0) == 200
+    index.observe(0, 499)
+    assert index.sweep(0, stored.get) == []  # "renewed" is due at 500, not before
+    assert index.swept(0) == 499
+    index.observe(0, 500)
+    assert index.sweep(0, stored.get) == ["renewed"]
+    index.forget({0})
+    assert index.swept(0) is None
+
+
 async def test_a_rebuild_indexes_every_entry_and_lets_the_event_loop_run() -> None:
     count = 3 * INDEXED_PER_TURN + 7
     ticks = 0

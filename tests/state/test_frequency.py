@@ -16,6 +16,7 @@ from streams.state.frequency import (
     MAX_KEPT_IMPRESSIONS,
     Impressions,
     blocking_cap,
+    dropped_through,
     expires_at,
     is_late,
     kept_count,
@@ -217,6 +218,34 @@ def test_expires_at() -> None:
     assert expires_at(impressions, HOUR) == T0 + HOUR + ALLOWED_LATENESS_MS
     pruned = Impressions(times=[], horizon=T0)
     assert expires_at(pruned, HOUR) == T0 + HOUR + ALLOWED_LATENESS_MS
+
+
+def test_expiry_and_record_drop_by_the_same_rule() -> None:
+    keep = kept_ms(HOUR, 24 * HOUR)
+    assert dropped_through(T0, keep) == T0 - keep - ALLOWED_LATENESS_MS
+    impressions = Impressions()
+    record(impressions, T0, keep, MAX_KEPT_IMPRESSIONS)
+    # The whole key expires at the first event time that would drop its newest impression.
+    at = expires_at(impressions, keep)
+    assert dropped_through(at, keep) == T0
+    assert dropped_through(at - 1, keep) < T0
+    record(impressions, at, keep, MAX_KEPT_IMPRESSIONS)
+    assert impressions.times == [at]
+    assert impressions.horizon == T0
+
+
+def test_a_key_that_may_have_expired_whole_is_late_only_where_its_windows_reach() -> None:
+    cap = Cap(max=1, window_ms=HOUR)
+    expired = dropped_through(T0 + 30 * HOUR, kept_ms(HOUR, 24 * HOUR))  # T0 + 5 h
+    # Absent (or recorded afresh, horizon 0): windows reaching behind the bound may have
+    # missed an impression of the expired key.
+    for impressions in (Impressions(), Impressions(times=[T0 + 29 * HOUR])):
+        assert is_late(impressions, [cap], T0 + 6 * HOUR - 1, expired)
+        assert not is_late(impressions, [cap], T0 + 6 * HOUR, expired)
+        assert not is_late(impressions, [cap], T0 + 6 * HOUR - 1)
+    # However far ahead the partition (or the key's own newest impression) runs, a window
+    # behind neither bound is exact.
+    assert not is_late(Impressions(times=[T0 + 29 * HOUR]), [cap], T0 + 7 * HOUR, expired)
 
 
 def test_state_stays_bounded_over_a_long_in_order_stream() -> None:
