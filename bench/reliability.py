@@ -127,6 +127,7 @@ RECOVERY_KEYS = {
     "big_state": ["rocksdb_kill_to_first_decision", "memory_kill_to_first_decision"],
     "hostile_upstreams": ["longest_pause_between_decisions"],
     "bad_input": ["published_to_all_decided"],
+    "hostile_input": ["published_to_all_decided"],
 }
 
 
