@@ -57,16 +57,22 @@ class Progress:
         click.echo(end, err=True, nl=False)
 
 
-def file_requests(lines: IO[str], tally: Tally) -> Iterator[AdRequest]:
-    """The valid requests of a JSON-lines stream; each bad line reported on stderr."""
+def file_requests(lines: IO[bytes], tally: Tally) -> Iterator[AdRequest]:
+    """The valid requests of a JSON-lines stream; each bad line reported on stderr.
+
+    Lines are read as bytes, so a line that is not UTF-8 is one bad line like any other
+    rather than the end of the file.
+    """
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield decode_request(line.encode())
-        except InvalidEvent as exc:
+            yield decode_request(line)
+        except (InvalidEvent, UnicodeDecodeError) as exc:
+            # msgspec raises UnicodeDecodeError for invalid UTF-8 inside a JSON string.
+            problem = exc if isinstance(exc, InvalidEvent) else f"undecodable: {exc}"
             tally.rejected += 1
-            click.echo(f"line {number}: not sent: {exc}", err=True)
+            click.echo(f"line {number}: not sent: {problem}", err=True)
 
 
 def synthetic_requests(
@@ -127,7 +133,7 @@ async def send_all(
 
 
 @click.command("publish")
-@click.argument("source", type=click.File("r"), required=False)
+@click.argument("source", type=click.File("rb"), required=False)
 @click.option("--synthetic", type=click.IntRange(min=1), help="Generate this many requests.")
 @click.option("--users", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -145,7 +151,7 @@ async def send_all(
 )
 @click.option("--seed", default=1, show_default=True, help="Of the synthetic users and campaigns.")
 def publish(
-    source: IO[str] | None,
+    source: IO[bytes] | None,
     synthetic: int | None,
     users: int,
     campaigns: tuple[str, ...],
