@@ -8,13 +8,22 @@ message says exactly what was wrong.
 
 from __future__ import annotations
 
+import difflib
 import json
-from typing import Any, Literal, TypeVar
+import re
+from typing import Any, Literal, TypeVar, cast
 
 import msgspec
+import msgspec.inspect
 
-from models.events import SCHEMA_VERSION, AdRequest, Campaign
-from models.money import CPM_MAX_PLACES, MoneyError, to_micros
+from models.events import (
+    MAX_BUDGET_MICROS,
+    MAX_CPM_MICROS,
+    SCHEMA_VERSION,
+    AdRequest,
+    Campaign,
+)
+from models.money import CPM_MAX_PLACES, MoneyError, from_micros, to_micros
 
 MAX_EVENT_BYTES = 64 * 1024
 """The largest request or campaign message the worker accepts."""
@@ -141,20 +150,70 @@ def decode_request(data: bytes) -> AdRequest:
 
 
 def decode_campaign(data: bytes) -> Campaign:
-    """A `Campaign` whose money fields are exact (CPM at most 3 places, budgets at most 6)."""
-    campaign = decode(data, Campaign)
-    refuse_duplicate_keys(data)
+    """A `Campaign` whose money fields are exact (CPM at most 3 places, budgets at most 6)
+    and within what the worker's state holds (`models.events`, `MAX_*`), with no field it
+    does not know and no key given twice."""
     try:
-        to_micros(campaign.cpm, max_places=CPM_MAX_PLACES)
-        for field in ("lifetime", "daily"):
-            amount = getattr(campaign.budget, field)
-            if amount is not None:
-                to_micros(amount)
-    except MoneyError as exc:
-        raise InvalidEvent("invalid", str(exc)) from exc
+        campaign = decode(data, Campaign)
+    except InvalidEvent as exc:
+        raise InvalidEvent(exc.reason, _suggest_field(exc.detail)) from exc
+    refuse_duplicate_keys(data)
+    budget = campaign.budget
+    _check_amount("cpm", campaign.cpm, MAX_CPM_MICROS, CPM_MAX_PLACES)
+    _check_amount("budget.lifetime", budget.lifetime, MAX_BUDGET_MICROS)
+    _check_amount("budget.daily", budget.daily, MAX_BUDGET_MICROS)
     if not campaign.vast_url.startswith(("http://", "https://")):
         raise InvalidEvent("invalid", f"vast_url {campaign.vast_url[:80]!r} is not http(s)")
     return campaign
+
+
+def _check_amount(field: str, amount: str | None, limit_micros: int, places: int = 6) -> None:
+    if amount is None:
+        return
+    try:
+        micros = to_micros(amount, max_places=places)
+    except MoneyError as exc:
+        raise InvalidEvent("invalid", f"{field}: {exc}") from exc
+    if micros > limit_micros:
+        raise InvalidEvent(
+            "invalid",
+            f"{field}: {amount!r} is over the largest allowed, {from_micros(limit_micros)}",
+        )
+
+
+# msgspec's words for a field the type does not have (`forbid_unknown_fields`).
+_UNKNOWN_FIELD = re.compile(
+    r"Object contains unknown field `(?P<name>[^`]*)`(?: - at `(?P<at>[^`]*)`)?"
+)
+_PATH_STEP = re.compile(r"\.(\w+)|\[\d+\]")
+
+
+def _suggest_field(detail: str) -> str:
+    """`detail`, with the closest known field if it names an unknown one of a campaign."""
+    unknown = _UNKNOWN_FIELD.fullmatch(detail)
+    if unknown is None:
+        return detail
+    name, at = unknown["name"], unknown["at"] or "$"
+    known = _fields_at(at)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
+    where = "" if at == "$" else f" in {at[2:]}"
+    return f"unknown field {name!r}{where}: {hint}"
+
+
+def _fields_at(path: str) -> list[str]:
+    """The field names of the struct at `path` (msgspec's `$.budget`, `$.caps[0]`) of a
+    `Campaign`."""
+    info: msgspec.inspect.Type = msgspec.inspect.type_info(Campaign)
+    for step in _PATH_STEP.finditer(path):
+        if step[1] is None:
+            info = cast(msgspec.inspect.VarTupleType, info).item_type
+        else:
+            fields = cast(msgspec.inspect.StructType, info).fields
+            info = next(field.type for field in fields if field.encode_name == step[1])
+    if not isinstance(info, msgspec.inspect.StructType):
+        return []
+    return [field.encode_name for field in info.fields]
 
 
 def decode_campaign_record(key: str, value: bytes) -> Campaign:

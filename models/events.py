@@ -26,6 +26,24 @@ SCHEMA_VERSION = 1
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Params = Annotated[dict[str, str], msgspec.Meta(max_length=256)]
 
+# What a campaign may hold: the worker keeps its money in int64-safe micros (msgpack table
+# values, the billing ledger's SQLite sums) and its caps' impression lists in changelog records
+# under Kafka's record limit. `models.codec.decode_campaign` refuses anything beyond, for
+# `adstream campaigns load` and the worker alike (README.md, "Campaign files").
+MAX_BUDGET_MICROS = 10**18
+"""A lifetime or daily budget: 1e12 currency units. Spend, what is pending in a batch and one
+more cost each stay within a budget, so their sum stays under 2**63 (9.2e18) with room."""
+MAX_CPM_MICROS = 10**12
+"""A CPM: 1e6 currency units, so one impression costs at most 1e3 units (1e9 micros): an
+unbudgeted campaign's spend passes 2**63 micros only after 9e9 such impressions."""
+MAX_CAP_IMPRESSIONS = 10_000
+"""A frequency cap's `max`: a (user, campaign) keeps this many impression times at most
+(`streams.state.frequency.MAX_KEPT_IMPRESSIONS`), ~90 KB of changelog record."""
+MAX_CAP_WINDOW_S = 400 * 86_400
+"""A frequency cap's window: 400 days, over a year of event time."""
+MAX_CAPS = 16
+"""Frequency caps per campaign: every capped request checks each one."""
+
 DenialReason = Literal[
     "frequency_cap",
     "budget_exhausted",
@@ -49,22 +67,25 @@ class AdRequest(msgspec.Struct, frozen=True):
     """Extra values for macros and for the upstream's query string."""
 
 
-class Budget(msgspec.Struct, frozen=True):
+class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lifetime: str | None = None
     """Decimal string; None means no lifetime limit."""
     daily: str | None = None
     """Decimal string per UTC calendar day of event time; None means no daily limit."""
 
 
-class FrequencyCap(msgspec.Struct, frozen=True):
+class FrequencyCap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """At most `max` served impressions per user within any `window_s` seconds of event time."""
 
-    max: Annotated[int, msgspec.Meta(ge=1)]
-    window_s: Annotated[int, msgspec.Meta(ge=1, le=400 * 86_400)]
+    max: Annotated[int, msgspec.Meta(ge=1, le=MAX_CAP_IMPRESSIONS)]
+    window_s: Annotated[int, msgspec.Meta(ge=1, le=MAX_CAP_WINDOW_S)]
 
 
-class Campaign(msgspec.Struct, frozen=True):
-    """A campaign's configuration; the latest message per campaign_id is in force."""
+class Campaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A campaign's configuration; the latest message per campaign_id is in force.
+
+    Unknown fields are refused: a misspelt `budget` would otherwise load a campaign without
+    one, free to spend without limit."""
 
     schema: int
     campaign_id: Identifier
@@ -75,7 +96,7 @@ class Campaign(msgspec.Struct, frozen=True):
     """Decimal string, at most 3 decimal places: one impression costs cpm / 1000."""
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}\\Z")]
     budget: Budget = Budget()
-    frequency_caps: tuple[FrequencyCap, ...] = ()
+    frequency_caps: Annotated[tuple[FrequencyCap, ...], msgspec.Meta(max_length=MAX_CAPS)] = ()
     anonymous_policy: AnonymousPolicy = "deny"
 
 

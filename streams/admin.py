@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -126,31 +127,67 @@ class CampaignFileError(ValueError):
 def read_campaigns(path: Path) -> list[Campaign]:
     """A JSON list of campaigns, or a TOML file of `[[campaigns]]` tables, each validated.
 
-    Every entry is checked before anything is published, so a bad file changes nothing.
+    Every entry is checked before anything is published, so a bad file changes nothing:
+    unknown fields, values the worker's state cannot hold and a campaign_id given twice are
+    refused with the rest.
     """
     try:
         text = path.read_bytes()
-        raw = (
-            tomllib.loads(text.decode())["campaigns"]
-            if path.suffix == ".toml"
-            else (msgspec.json.decode(text))
-        )
-    except (OSError, ValueError, KeyError, msgspec.DecodeError) as exc:
+        if path.suffix == ".toml":
+            entries = _toml_campaigns(text.decode())
+        else:
+            text.decode()  # JSON text is UTF-8 (RFC 8259): this names the first bad byte
+            # Each entry meets the worker's own validation as it stands in the file, so the
+            # file and the `campaigns` topic refuse the same messages.
+            entries = [bytes(raw) for raw in msgspec.json.decode(text, type=list[msgspec.Raw])]
+    except (OSError, ValueError, RecursionError, msgspec.DecodeError) as exc:
         raise CampaignFileError(f"{path}: cannot read a list of campaigns: {exc}") from exc
-    if not isinstance(raw, list):
-        raise CampaignFileError(f"{path}: expected a list of campaigns")
     campaigns, problems = [], []
-    for index, entry in enumerate(raw):
+    first_at: dict[str, int] = {}
+    for index, entry in enumerate(entries):
         try:
-            campaigns.append(decode_campaign(msgspec.json.encode(entry)))
+            campaign = decode_campaign(entry)
         except InvalidEvent as exc:
-            name = entry.get("campaign_id", "?") if isinstance(entry, dict) else "?"
-            problems.append(f"  #{index} ({name}): {exc}")
+            problems.append(f"  #{index} ({_name_of(entry)}): {exc}")
+            continue
+        # Both would be published and the last would silently win.
+        first = first_at.setdefault(campaign.campaign_id, index)
+        if first != index:
+            problems.append(
+                f"  #{index} ({campaign.campaign_id}): the same campaign_id as #{first}"
+            )
+        campaigns.append(campaign)
     if problems:
         raise CampaignFileError(
             f"{path}: invalid campaigns, none published:\n" + "\n".join(problems)
         )
     return campaigns
+
+
+def _toml_campaigns(text: str) -> list[bytes]:
+    """The `[[campaigns]]` tables of a TOML document, each as JSON."""
+    document = tomllib.loads(text)
+    unknown = sorted(set(document) - {"campaigns"})
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], ["campaigns"], n=1)
+        hint = " (did you mean 'campaigns'?)" if close else ""
+        raise ValueError(f"unknown key {unknown[0]!r}{hint}: only [[campaigns]] tables belong here")
+    campaigns = document.get("campaigns")
+    if not isinstance(campaigns, list):
+        raise ValueError("no [[campaigns]] tables")
+    return [msgspec.json.encode(entry) for entry in campaigns]
+
+
+class _Named(msgspec.Struct):
+    campaign_id: object = "?"
+
+
+def _name_of(entry: bytes) -> object:
+    """The campaign_id of an entry, or '?', for naming it in a report."""
+    try:
+        return msgspec.json.decode(entry, type=_Named).campaign_id
+    except (ValueError, msgspec.DecodeError, RecursionError):
+        return "?"
 
 
 async def publish_campaigns(bootstrap: str, topic: str, campaigns: Sequence[Campaign]) -> list[int]:

@@ -91,8 +91,12 @@ def create_worker(
     keep_fetched_records()
     check_restores()
     app = faust.App(
-        settings.app_id,
+        # Faust names the consumer group, the changelogs, its assignor topic and the
+        # transactional ids after the app id: with the prefix in it, deployments that
+        # differ only in the prefix never meet on the cluster.
+        settings.group_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker_client_id=settings.group_id,
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=settings.data_dir,
         processing_guarantee="exactly_once",

@@ -29,9 +29,10 @@ class Settings(msgspec.Struct, frozen=True):
     web_host: str = "127.0.0.1"
     """How other workers reach this one's web port (the lookaside's fallback is routed)."""
     app_id: str = "adstream"
-    """The consumer group, and the prefix of the worker's internal topics."""
+    """Names the deployment's consumer group and internal topics (`group_id`)."""
     topic_prefix: str = ""
-    """Put before every topic name, so that several deployments (or tests) share a broker."""
+    """Put before every name the worker uses on the cluster, so that several deployments (or
+    tests) share a broker."""
     partitions: int = 8
     """Partitions of the topics the worker creates when they are missing."""
     data_dir: str = "/var/lib/adstream"
@@ -103,6 +104,12 @@ class Settings(msgspec.Struct, frozen=True):
         "event_loop": "ADSTREAM_EVENT_LOOP",
         "log_level": "ADSTREAM_LOG_LEVEL",
     }
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group, and Faust's app id: the start of every internal topic name
+        (changelogs, `requests-by-campaign`, Faust's assignor topic) and transactional id."""
+        return f"{self.topic_prefix}{self.app_id}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -16,6 +16,8 @@ class Topics(msgspec.Struct, frozen=True):
 
     @classmethod
     def named(cls, prefix: str = "", app_id: str = "adstream") -> Topics:
+        """The topics under `prefix`; internal ones start with the group id, `prefix` and
+        `app_id` (`Settings.group_id`)."""
         return cls(
             requests=f"{prefix}ad-requests",
             campaigns=f"{prefix}campaigns",

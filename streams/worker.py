@@ -1,8 +1,8 @@
 """`adstream worker`: run one decision worker until SIGTERM or SIGINT.
 
 Addresses and tuning come from the environment (`streams.settings`). Several workers with the
-same `ADSTREAM_APP_ID` form one consumer group and share the partitions; state moves between
-them through the tables' changelogs.
+same `ADSTREAM_TOPIC_PREFIX` and `ADSTREAM_APP_ID` form one consumer group and share the
+partitions; state moves between them through the tables' changelogs.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
         ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
     )
     changelogs = changelog_partitions(
-        settings.app_id, requests=partitions.requests, campaigns=partitions.campaigns
+        settings.group_id, requests=partitions.requests, campaigns=partitions.campaigns
     )
     asyncio.run(ensure_changelogs(settings.kafka_bootstrap_servers, changelogs))
     upstreams = upstreams or upstreams_for(settings)
@@ -92,7 +92,7 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
 
     log.info(
         "worker %s starting: topics %s, partitions %s, store %s",
-        settings.app_id,
+        settings.group_id,
         topics,
         partitions,
         settings.store,

@@ -86,3 +86,64 @@ async def test_a_bad_file_publishes_nothing_and_names_each_problem(
     result = load(unreadable, kafka_bootstrap, prefix)
     assert result.returncode == 1
     assert "cannot read a list of campaigns" in result.stderr
+
+
+async def test_values_state_cannot_hold_and_unknown_fields_are_refused_by_name(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    prefix = f"{unique_name}-"
+    entries = [
+        {**CAMPAIGN, "campaign_id": "huge", "budget": {"lifetime": "999999999999999.00"}},
+        {**{k: v for k, v in CAMPAIGN.items() if k != "budget"}, "bugdet": {"lifetime": "1"}},
+        {**CAMPAIGN, "campaign_id": "nested", "budget": {"lifetme": "1"}},
+        {**CAMPAIGN, "campaign_id": "caps", "frequency_caps": [{"max": 1, "windows": 60}]},
+    ]
+    path = tmp_path / "typos.json"
+    path.write_text(json.dumps(entries))
+    result = load(path, kafka_bootstrap, prefix)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert any("#0 (huge)" in line and "budget.lifetime" in line for line in lines)
+    assert any("#1 (json-1)" in line and "did you mean 'budget'?" in line for line in lines)
+    assert any("#2 (nested)" in line and "'lifetme' in budget" in line for line in lines)
+    assert any("#3 (caps)" in line and "did you mean 'window_s'?" in line for line in lines)
+    assert await published(kafka_bootstrap, Topics.named(prefix).campaigns, 1) == []
+
+
+async def test_the_same_campaign_id_twice_in_a_file_publishes_nothing(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    prefix = f"{unique_name}-"
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps([CAMPAIGN, {**CAMPAIGN, "cpm": "9"}]))
+    result = load(path, kafka_bootstrap, prefix)
+    assert result.returncode == 1
+    assert "#1 (json-1): the same campaign_id as #0" in result.stderr
+    toml = tmp_path / "twice.toml"
+    toml.write_text(TOML + TOML.replace("active = false", "active = true"))
+    result = load(toml, kafka_bootstrap, prefix)
+    assert result.returncode == 1
+    assert "#1 (toml-1): the same campaign_id as #0" in result.stderr
+    assert await published(kafka_bootstrap, Topics.named(prefix).campaigns, 1) == []
+
+
+async def test_unreadable_files_name_what_is_wrong(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    prefix = f"{unique_name}-"
+    not_utf8 = tmp_path / "latin1.json"
+    not_utf8.write_bytes(json.dumps([CAMPAIGN]).encode().replace(b"json-1", b"json-\xff"))
+    misspelt = tmp_path / "misspelt.toml"
+    misspelt.write_text(TOML + TOML.replace("[[campaigns]]", "[[campaings]]"))
+    duplicate_key = tmp_path / "duplicate.toml"
+    duplicate_key.write_text(TOML.replace('cpm = "1"', 'cpm = "1"\ncpm = "2"'))
+    for path, problem in [
+        (not_utf8, "can't decode byte 0xff"),
+        (misspelt, "unknown key 'campaings' (did you mean 'campaigns'?)"),
+        (duplicate_key, "Cannot overwrite a value (at line 8"),
+    ]:
+        result = load(path, kafka_bootstrap, prefix)
+        assert result.returncode == 1, path
+        assert "cannot read a list of campaigns" in result.stderr and problem in result.stderr
+        assert "Traceback" not in result.stderr
+    assert await published(kafka_bootstrap, Topics.named(prefix).campaigns, 1) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 from models.codec import decode_request, encode
 from streams.admin import ensure_topics
@@ -67,3 +68,26 @@ def test_usage_errors(kafka_bootstrap: str, unique_name: str) -> None:
     assert both.returncode == 2 and "either SOURCE" in both.stderr
     no_campaign = publish(["--synthetic", "3"], kafka_bootstrap, unique_name)
     assert no_campaign.returncode == 2 and "--campaign" in no_campaign.stderr
+
+
+async def test_a_line_that_is_not_utf8_is_reported_and_the_rest_sent(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    topics = Topics.named(f"{unique_name}-")
+    await ensure_topics(kafka_bootstrap, topics, partitions=1)
+    good = [request("c1", BASE_MS + i, f"user-{i}") for i in range(4)]
+    # Byte 0xFF inside a JSON string, then outside any.
+    bad_in_string = encode(request("c1-", BASE_MS, "x")).replace(b"c1-", b"c1\xff")
+    lines = [encode(good[0]), bad_in_string, encode(good[1]), b"\xfe\xff{", encode(good[2])]
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(b"\n".join([*lines, encode(good[3])]) + b"\n")
+
+    run = publish([str(path)], kafka_bootstrap, f"{unique_name}-")
+
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "line 2: not sent: undecodable" in run.stderr
+    assert "line 4: not sent: undecodable" in run.stderr
+    assert "4 requests published" in run.stderr and "2 lines rejected" in run.stderr
+    records = await published(kafka_bootstrap, topics.requests, 4)
+    assert records == [(f"user-{i}".encode(), BASE_MS + i) for i in range(4)]

@@ -57,13 +57,17 @@ class Progress:
         click.echo(end, err=True, nl=False)
 
 
-def file_requests(lines: IO[str], tally: Tally) -> Iterator[AdRequest]:
-    """The valid requests of a JSON-lines stream; each bad line reported on stderr."""
+def file_requests(lines: IO[bytes], tally: Tally) -> Iterator[AdRequest]:
+    """The valid requests of a JSON-lines stream; each bad line reported on stderr.
+
+    Lines are read as bytes, so a line that is not UTF-8 is one bad line like any other
+    rather than the end of the file.
+    """
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield decode_request(line.encode())
+            yield decode_request(line)
         except InvalidEvent as exc:
             tally.rejected += 1
             click.echo(f"line {number}: not sent: {exc}", err=True)
@@ -127,7 +131,7 @@ async def send_all(
 
 
 @click.command("publish")
-@click.argument("source", type=click.File("r"), required=False)
+@click.argument("source", type=click.File("rb"), required=False)
 @click.option("--synthetic", type=click.IntRange(min=1), help="Generate this many requests.")
 @click.option("--users", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -145,7 +149,7 @@ async def send_all(
 )
 @click.option("--seed", default=1, show_default=True, help="Of the synthetic users and campaigns.")
 def publish(
-    source: IO[str] | None,
+    source: IO[bytes] | None,
     synthetic: int | None,
     users: int,
     campaigns: tuple[str, ...],

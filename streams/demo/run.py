@@ -74,7 +74,6 @@ def _settings(bootstrap: str, redis_url: str, work_dir: Path) -> Settings:
         redis_url=redis_url,
         web_port=free_port(),
         web_bind="127.0.0.1",
-        app_id=run_id,
         topic_prefix=f"{run_id}-",
         partitions=PARTITIONS,
         data_dir=str(work_dir / "state"),

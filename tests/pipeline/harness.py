@@ -90,6 +90,9 @@ class Deployment:
     extra_env: dict[str, str] = field(default_factory=dict)
     worker_command: tuple[str, ...] = ("-m", "streams.cli", "worker")
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
+    """The topic prefix (with a dash after it)."""
+    app_id: str = ""
+    """ADSTREAM_APP_ID; the name when empty."""
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -97,7 +100,12 @@ class Deployment:
 
     @property
     def topics(self) -> Topics:
-        return Topics.named(f"{self.name}-", self.name)
+        return Topics.named(f"{self.name}-", self.app_id or self.name)
+
+    @property
+    def group_id(self) -> str:
+        """The workers' consumer group, which starts their internal topics' names."""
+        return f"{self.name}-{self.app_id or self.name}"
 
     @property
     def decisions(self) -> dict[str, Decision]:
@@ -117,7 +125,7 @@ class Deployment:
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "REDIS_URL": self.redis_url,
             "ADSTREAM_TOPIC_PREFIX": f"{self.name}-",
-            "ADSTREAM_APP_ID": self.name,
+            "ADSTREAM_APP_ID": self.app_id or self.name,
             "ADSTREAM_PARTITIONS": str(self.partitions),
             "ADSTREAM_DATA_DIR": str(self.root / f"worker-{index}"),
             "ADSTREAM_STORE": self.store,

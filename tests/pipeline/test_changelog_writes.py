@@ -48,7 +48,7 @@ async def test_spend_changelog_ends_at_the_tables_spend(
     decisions = await deployment.decided(await deployment.publish(*requests))
     assert [d.topic for d in decisions] == ["served"] * SERVED
 
-    changelog = f"{deployment.name}-spend-changelog"
+    changelog = f"{deployment.group_id}-spend-changelog"
     records = await committed_records(deployment.bootstrap, changelog, rules.campaign_id.encode())
     assert records, f"no record of {rules.campaign_id} in {changelog}"
     # A batch writes a campaign's spend once, however many of its requests it served.
