@@ -203,8 +203,9 @@ def contenders(base: str, hops: list[str]) -> dict[str, tuple[Operation, Closer]
             if ad.wrapper is not None:
                 wrappers.append(ad)
                 continue
-            text = body.decode()
-            resolved = chain.resolve_ad(ad, wrappers, Macros(context), text)
+            macros = Macros(context)
+            text = chain.expand_document(body.decode(), macros, chain.DEFAULT_MAX_AD_CHARS)
+            resolved = chain.resolve_ad(ad, wrappers, macros, text)
             assert resolved.wrappers == len(hops) - 1
 
     async def no_close() -> None:
