@@ -54,6 +54,8 @@ def run(settings: Settings) -> None:
         ),
         hop_timeout=settings.hop_timeout_s,
         chain_timeout=settings.chain_timeout_s,
+        max_fetches=settings.max_fetches,
+        max_ads=settings.max_ads_per_document,
         retry=RetryPolicy(max_retries=1),
         breaker=(
             CircuitBreaker(

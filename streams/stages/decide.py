@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import msgspec
 from faust.types import EventT
 
-from models.codec import InvalidEvent, decode, decode_campaign_record, encode
+from models.codec import MAX_RECORD_BYTES, InvalidEvent, decode, decode_campaign_record, encode
 from models.context import user_id_of
 from models.events import SCHEMA_VERSION, AdDenied, AdRequest, AdServed, DenialReason
 from models.money import from_micros
@@ -40,12 +40,15 @@ from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
 from streams.state.spend import Spend
 from streams.tables import CapEntry, Tables, frequency_key, split_frequency_key
 from streams.topics import Topics
+from streams.vast.errors import ResponseTooLarge
 from streams.vast.result import VastResult
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_FAILURE = 900
 """IAB's 'undefined error': the resolver itself failed, which must not stop the worker."""
+TOO_LARGE = ResponseTooLarge.code
+"""An ad whose `AdServed` would not fit a record is refused as its document would be."""
 
 
 def copied_from(request: AdRequest) -> dict[str, Any]:
@@ -212,18 +215,34 @@ class Decider:
         rules: CampaignRules,
         result: VastResult,
         started: float,
-    ) -> None:
-        served = AdServed(
-            **copied_from(request),
-            cost=from_micros(rules.cost_micros),
-            currency=rules.currency,
-            ad=result.ads[0],
-            vast=result.ads[0].vast,
-            chain=result.chain,
-            campaign_version=rules.version,
+    ) -> bool:
+        """Send the `AdServed` of `result`'s first ad. False, sending nothing, when its record
+        would pass `MAX_RECORD_BYTES`: the resolver bounds what an ad holds, this is the
+        exact check of the event as a whole."""
+        ad = result.ads[0]
+        served = encode(
+            AdServed(
+                **copied_from(request),
+                cost=from_micros(rules.cost_micros),
+                currency=rules.currency,
+                ad=ad.served(),
+                vast=ad.vast,
+                chain=result.chain,
+                campaign_version=rules.version,
+            )
         )
-        await self._emit(event, self.topics.served, request, encode(served), started)
+        if len(served) > MAX_RECORD_BYTES:
+            self.metrics.upstream_errors.labels(code=str(TOO_LARGE)).inc()
+            log.warning(
+                "ad refused: its AdServed would be %d bytes > %d",
+                len(served),
+                MAX_RECORD_BYTES,
+                extra={"request_id": request.context.request_id},
+            )
+            return False
+        await self._emit(event, self.topics.served, request, served, started)
         self.metrics.decisions.labels(outcome="served", reason="").inc()
+        return True
 
     async def _emit(
         self, event: EventT[Any], topic: str, request: AdRequest, value: bytes, started: float
@@ -318,23 +337,23 @@ class _Batch:
             result = await pending.task
             reservation = self.book.end(request_id)
             with event_context(pending.event):
+                code = result.error_code
                 if result.status == "inline" and result.ads:
-                    self._commit(pending.event, reservation, pending.rules)
-                    await self.decider.serve(
+                    if await self.decider.serve(
                         pending.event, pending.request, pending.rules, result, self.started
-                    )
-                else:
-                    reason: DenialReason = (
-                        "no_fill" if result.status == "no_ad" else ("upstream_error")
-                    )
-                    await self.decider.deny(
-                        pending.event,
-                        pending.request,
-                        reason,
-                        str(result.error_code),
-                        pending.rules.version,
-                        self.started,
-                    )
+                    ):
+                        self._commit(pending.event, reservation, pending.rules)
+                        continue
+                    code = TOO_LARGE
+                reason: DenialReason = "no_fill" if result.status == "no_ad" else "upstream_error"
+                await self.decider.deny(
+                    pending.event,
+                    pending.request,
+                    reason,
+                    str(code),
+                    pending.rules.version,
+                    self.started,
+                )
 
     def _commit(self, event: EventT[Any], reservation: Reservation, rules: CampaignRules) -> None:
         tables = self.decider.tables
