@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import tracemalloc
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,26 +21,13 @@ from streams.vast import (
     parse_vast,
 )
 from streams.vast.deadline import Deadline
-from tests.upstream import VastServer, inline, vast, wrapper
+from tests.upstream import VastServer, fallbacks, inline, merge_bomb, pod_with_macros, vast, wrapper
 
 KIB = 1024
 
 
 def upstream(**limits: Any) -> VastUpstream:
     return VastUpstream(fire_error_pixels=False, **limits)
-
-
-def fallbacks(target: str, count: int) -> str:
-    """A document of `count` stand-alone Wrappers, each a fallback for the one before; as
-    small as a Wrapper gets, so that 5,000 fit under the body cap."""
-    path = urlsplit(target).path
-    return vast(
-        *(
-            f'<Ad id="w{n}"><Wrapper><AdSystem>t</AdSystem><VASTAdTagURI>{path}</VASTAdTagURI>'
-            "</Wrapper></Ad>"
-            for n in range(count)
-        )
-    )
 
 
 async def test_a_document_may_hold_fifty_ads_and_no_more(
@@ -122,21 +108,6 @@ async def test_retries_count_against_the_fetch_cap(
     assert result.error_code == 302
 
 
-def pod_with_macros(ads: int, size: int) -> str:
-    """A pod of `ads` InLines padded to about `size` characters, every ad holding macros."""
-    pod = [
-        inline(
-            ad_id=f"a{n}",
-            sequence=n + 1,
-            impression=f"http://pixels.invalid/i?cb=[CACHEBUSTING]&n={n}",
-        )
-        for n in range(ads)
-    ]
-    document = vast(*pod)
-    padding = "<!--" + "[TIMESTAMP]x" * ((size - len(document)) // 12) + "-->"
-    return document.replace("</VAST>", padding + "</VAST>")
-
-
 async def test_a_pods_memory_does_not_grow_with_its_ads_times_its_document(
     server: VastServer, context: SessionContext
 ) -> None:
@@ -164,18 +135,6 @@ def test_the_deadline_stops_parsing() -> None:
     with pytest.raises(DeadlinePassed) as raised:
         parse_vast(document, deadline=Deadline(time.monotonic()))
     assert raised.value.code == 301
-
-
-def merge_bomb(server: VastServer, *, wrappers: int, tracking: int, creatives: int) -> str:
-    """A chain whose Wrappers each add `tracking` URLs to every one of the InLine's
-    `creatives`: small documents, a product that is not."""
-    events = [("start", f"http://t.invalid/{n}") for n in range(tracking)]
-    bare = "<Creative><Linear><Duration>00:00:15</Duration></Linear></Creative>"
-    document = vast(inline()).replace("</Creatives>", bare * creatives + "</Creatives>")
-    url = server.add(document)
-    for n in range(wrappers):
-        url = server.add(vast(wrapper(url, ad_id=f"w{n}", tracking=events)))
-    return url
 
 
 async def test_the_chain_deadline_bounds_merging(
