@@ -1,6 +1,6 @@
 """The VAST resolver against bare HTTP clients fetching the same hops.
 
-Run: .venv/bin/python -m bench.vast_resolver [--seconds 2] [--repeat 1]
+Run: .venv/bin/python -m bench.vast_resolver [--seconds 2] [--repeat 1] [--hostile]
 
 A one-hop chain (an InLine of ~2 KB) and a three-hop chain (Wrapper -> Wrapper -> InLine) are
 served on loopback by an aiohttp server in its own process (pinned to its own core when there
@@ -19,6 +19,13 @@ concurrent resolutions:
 Measured per configuration: resolutions per second (wall clock), CPU microseconds per
 resolution (the process's CPU time), p50/p99 latency. Prints a table and writes
 bench/results/vast_resolver.json, with each contender's ratios to bare aiohttp.
+
+`--hostile` measures the resolver's per-request bounds instead (bench/results/
+vast_resolver_hostile.json): for each hostile upstream (a 5,000-Wrapper fallback storm, 50
+fallbacks, a pod of 50 Wrappers, a 50-ad 400 KB pod full of macros, documents near the size
+bounds, Wrappers that multiply the InLine's creatives), its outcome, hops, the Python memory
+one resolution peaks at (tracemalloc), its latency at 10 at once, and meanwhile the latency of
+an unrelated one-hop resolution.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import platform
 import socket
 import statistics
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,11 +48,15 @@ import aiohttp
 import httpx
 from aiohttp import web
 
+from models.codec import MAX_RECORD_BYTES
 from models.context import SessionContext
 from streams.macros import Macros
 from streams.vast import VastTransport, VastUpstream, chain, parse_vast
+from streams.vast.transport import DEFAULT_MAX_BODY_BYTES
 
 RESULTS = Path(__file__).parent / "results" / "vast_resolver.json"
+HOSTILE_RESULTS = RESULTS.with_name("vast_resolver_hostile.json")
+HOSTILE_CONCURRENCY = 10
 CONCURRENCIES = (1, 50)
 WARMUP_S = 0.3
 GOAL = 1.5  # the resolver's CPU per resolution, at most this many times bare aiohttp's
@@ -98,10 +110,51 @@ DOCUMENTS = {
 CHAINS = {"one-hop": ["/inline.xml"], "three-hop": ["/w1.xml", "/w2.xml", "/inline.xml"]}
 
 
-def serve(port: int) -> None:
+def hostile_documents() -> dict[str, bytes]:
+    """Hostile upstreams, by path; the cases measured are those under /h/ that start a chain."""
+    text = inline_document().decode()
+    head, ad = text[: text.index("<Ad ")], text[text.index("<Ad ") : text.index("</VAST>")]
+
+    def document(*ads: str, padding: str = "", size: int = 0) -> bytes:
+        body = head + "".join(ads)
+        if size:
+            padding = "<!--" + padding * ((size - len(body) - 15) // len(padding)) + "-->"
+        return (body + padding + "</VAST>").encode()
+
+    def wrapper(n: int, target: str, sequence: str = "", tracking: str = "") -> str:
+        return (
+            f'<Ad id="w{n}"{sequence}><Wrapper><AdSystem>b</AdSystem><VASTAdTagURI>{target}'
+            f"</VASTAdTagURI><Creatives><Creative><Linear><TrackingEvents>{tracking}"
+            "</TrackingEvents></Linear></Creative></Creatives></Wrapper></Ad>"
+        )
+
+    pod = [ad.replace('id="bench-1"', f'id="p{n}" sequence="{n + 1}"') for n in range(50)]
+    bare = "<Creative><Linear><Duration>00:00:15</Duration></Linear></Creative>" * 2000
+    bomb = {"/x/bomb0.xml": document(ad.replace("</Creatives>", bare + "</Creatives>"))}
+    events = "".join(
+        f'<Tracking event="start">https://t.example.com/{n}</Tracking>' for n in range(5000)
+    )
+    for n in range(1, 5):
+        bomb[f"/x/bomb{n}.xml"] = document(wrapper(n, f"/x/bomb{n - 1}.xml", tracking=events))
+    return {
+        "/x/empty.xml": document(),
+        "/h/storm-5000-fallbacks.xml": document(*(wrapper(n, "/x/empty.xml") for n in range(5000))),
+        "/h/50-fallbacks.xml": document(*(wrapper(n, "/x/empty.xml") for n in range(50))),
+        "/h/pod-of-50-wrappers.xml": document(
+            *(wrapper(n, "/inline.xml", f' sequence="{n + 1}"') for n in range(50))
+        ),
+        "/h/pod-50-ads-400k-macros.xml": document(*pod, padding="[TIMESTAMP]x", size=400_000),
+        "/h/under-event-size.xml": document(ad, padding="x", size=MAX_RECORD_BYTES - 16_384),
+        "/h/under-body-cap.xml": document(ad, padding="x", size=DEFAULT_MAX_BODY_BYTES - 64),
+        "/h/merge-bomb.xml": document(wrapper(5, "/x/bomb4.xml", tracking=events)),
+        **bomb,
+    }
+
+
+def serve(port: int, hostile: bool = False) -> None:
     """The upstream, run in its own process."""
     app = web.Application()
-    for path, body in DOCUMENTS.items():
+    for path, body in (DOCUMENTS | hostile_documents() if hostile else DOCUMENTS).items():
 
         async def handler(_request: web.Request, body: bytes = body) -> web.Response:
             return web.Response(body=body, content_type="application/xml")
@@ -203,8 +256,9 @@ def contenders(base: str, hops: list[str]) -> dict[str, tuple[Operation, Closer]
             if ad.wrapper is not None:
                 wrappers.append(ad)
                 continue
-            text = body.decode()
-            resolved = chain.resolve_ad(ad, wrappers, Macros(context), text)
+            macros = Macros(context)
+            text = chain.expand_document(body.decode(), macros, chain.DEFAULT_MAX_AD_CHARS)
+            resolved = chain.resolve_ad(ad, wrappers, macros, text)
             assert resolved.wrappers == len(hops) - 1
 
     async def no_close() -> None:
@@ -219,9 +273,72 @@ def contenders(base: str, hops: list[str]) -> dict[str, tuple[Operation, Closer]
     }
 
 
-async def run(seconds: float, repeat: int) -> list[dict[str, Any]]:
+async def run_hostile(base: str, seconds: float) -> list[dict[str, Any]]:
+    """Each hostile case: its outcome and peak memory alone, then its latency at
+    `HOSTILE_CONCURRENCY` at once beside an unrelated one-hop resolution's."""
+    rows: list[dict[str, Any]] = []
+    context = SessionContext.create({"user_id": "bench"})
+    async with VastUpstream(fire_error_pixels=False) as upstream:
+        normal = f"{base}/inline.xml"
+        for path in (p for p in hostile_documents() if p.startswith("/h/")):
+            url = f"{base}{path}"
+            await upstream.fetch(url, context=context)  # warm
+            cpu = time.process_time()
+            result = await upstream.fetch(url, context=context)
+            cpu = time.process_time() - cpu
+            tracemalloc.start()  # apart: tracing slows allocation several times over
+            await upstream.fetch(url, context=context)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+
+            async def hostile(url: str = url) -> None:
+                await upstream.fetch(url, context=context)
+
+            async def unrelated() -> None:
+                assert (await upstream.fetch(normal, context=context)).status == "inline"
+
+            loaded, beside = await asyncio.gather(
+                measure(hostile, HOSTILE_CONCURRENCY, seconds), measure(unrelated, 1, seconds)
+            )
+            rows.append(
+                {
+                    "case": path.removeprefix("/h/").removesuffix(".xml"),
+                    "outcome": result.status,
+                    "code": result.error_code,
+                    "ads": len(result.ads),
+                    "hops": len(result.chain),
+                    "cpu_ms_alone": cpu * 1e3,
+                    "peak_python_mb": peak / 1e6,
+                    "p50_ms": loaded["p50_ms"],
+                    "p99_ms": loaded["p99_ms"],
+                    "unrelated_p50_ms": beside["p50_ms"],
+                    "unrelated_p99_ms": beside["p99_ms"],
+                }
+            )
+    return rows
+
+
+def hostile_table(rows: list[dict[str, Any]]) -> str:
+    header = (
+        f"{'case':<26} {'outcome':<7} {'code':>4} {'ads':>3} {'hops':>4} {'CPU ms':>7} "
+        f"{'peak MB':>7} {'p50 ms':>7} {'p99 ms':>7} {'unrel p50':>9} {'unrel p99':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['case']:<26} {row['outcome']:<7} {row['code'] or '':>4} {row['ads']:>3} "
+            f"{row['hops']:>4} {row['cpu_ms_alone']:>7.1f} {row['peak_python_mb']:>7.1f} "
+            f"{row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} {row['unrelated_p50_ms']:>9.1f} "
+            f"{row['unrelated_p99_ms']:>9.1f}"
+        )
+    return "\n".join(lines)
+
+
+async def run(seconds: float, repeat: int, hostile: bool = False) -> list[dict[str, Any]]:
     port = free_port()
-    server = multiprocessing.get_context("spawn").Process(target=serve, args=(port,), daemon=True)
+    server = multiprocessing.get_context("spawn").Process(
+        target=serve, args=(port, hostile), daemon=True
+    )
     server.start()
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) >= 2:
@@ -233,6 +350,8 @@ async def run(seconds: float, repeat: int) -> list[dict[str, Any]]:
         async with asyncio.timeout(10):
             await wait_for_port(port)
         base = f"http://127.0.0.1:{port}"
+        if hostile:
+            return await run_hostile(base, seconds)
         for chain, hops in CHAINS.items():
             for concurrency in CONCURRENCIES:
                 runs: dict[str, list[dict[str, float]]] = {}
@@ -285,7 +404,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measured time per run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration (median)")
+    parser.add_argument("--hostile", action="store_true", help="the per-request bounds instead")
     args = parser.parse_args()
+    if args.hostile:
+        main_hostile(args.seconds)
+        return
     rows = asyncio.run(run(args.seconds, args.repeat))
     print(table(rows))
     worst = max(r["cpu_vs_aiohttp"] for r in rows if r["contender"] == "resolver")
@@ -314,6 +437,24 @@ def main() -> None:
         + "\n"
     )
     print(f"written: {RESULTS}")
+
+
+def main_hostile(seconds: float) -> None:
+    rows = asyncio.run(run(seconds, 1, hostile=True))
+    print(hostile_table(rows))
+    HOSTILE_RESULTS.write_text(
+        json.dumps(
+            {
+                "command": f"python -m bench.vast_resolver --hostile --seconds {seconds}",
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "concurrency": HOSTILE_CONCURRENCY,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written: {HOSTILE_RESULTS}")
 
 
 if __name__ == "__main__":

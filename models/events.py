@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from models.context import SessionContext
-from streams.vast.result import Hop, ResolvedAd
+from streams.vast.result import Hop, ServedAd
 
 SCHEMA_VERSION = 1
 
@@ -112,10 +112,11 @@ class AdServed(msgspec.Struct, frozen=True):
     """Event time (Unix ms) of the request."""
     cost: str
     currency: str
-    ad: ResolvedAd
-    """The ad with impression, error and tracking URLs merged over the chain, macros expanded."""
+    ad: ServedAd
+    """The ad with impression, error and tracking URLs merged over the chain, macros expanded
+    (older records also hold the document in it; decoding ignores it there)."""
     vast: str
-    """The final InLine document, macros substituted."""
+    """The final InLine document, macros substituted: carried here only."""
     chain: tuple[Hop, ...]
     campaign_version: int
     """Offset in `campaigns` of the configuration this decision applied."""

@@ -84,8 +84,15 @@ _ENCODING_TABLES: dict[str, dict[int, str]] = {
 def _percent_encode(value: str, table: dict[int, str]) -> str:
     """`urllib.parse.quote(value, safe)` for the `safe` of `table`, in C: quote() runs a Python
     call per byte of a value that needs escaping (a timestamp's colons), and every request
-    encodes several values. The UTF-8 bytes, read as Latin-1, are one character per byte."""
-    return value.encode().decode("latin-1").translate(table)
+    encodes several values. The UTF-8 bytes, read as Latin-1, are one character per byte.
+
+    A lone surrogate (only Python callers can pass one: JSON decoding refuses them) has no
+    UTF-8; it is encoded as U+FFFD, as a browser's TextEncoder would."""
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:
+        encoded = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
+    return encoded.decode("latin-1").translate(table)
 
 
 # Every registry name is upper-case letters only; anything else can never be a macro, so the
@@ -94,6 +101,16 @@ _MACRO = re.compile(r"\[([A-Z]+)\]|%%([A-Z]+)%%")
 
 _UNKNOWN = "-1"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ExpansionTooLong(ValueError):
+    """An expansion would pass the `max_chars` its caller allows."""
+
+
+def _within(text: str, max_chars: int | None) -> str:
+    if max_chars is not None and len(text) > max_chars:
+        raise ExpansionTooLong(f"{len(text)} characters > {max_chars}")
+    return text
 
 
 class Macros:
@@ -115,22 +132,32 @@ class Macros:
         self._unix_timestamp = unix_timestamp
         self._values: dict[str, str] = {}
 
-    def expand(self, template: str, *, error_code: int | None = None, in_xml: bool = False) -> str:
+    def expand(
+        self,
+        template: str,
+        *,
+        error_code: int | None = None,
+        in_xml: bool = False,
+        max_chars: int | None = None,
+    ) -> str:
         """`template` with every IAB macro replaced by its encoded value, in one pass.
 
         Pass `error_code` for error pixels only: without it `[ERRORCODE]` stays as it is.
         `in_xml`: `template` is XML source (a whole VAST document), where a value may land in
         an attribute quoted with `'`, which encodeURIComponent keeps: it becomes %27 there.
+        `max_chars`: raise `ExpansionTooLong` rather than build a longer result (a document
+        holding a macro many times, times a long value from the request, could be huge).
         """
         if "[" not in template and "%%" not in template:
-            return template
+            return _within(template, max_chars)
         split = _split_cached if len(template) <= _COMPILE_CACHE_MAX_CHARS else _split
         head, macros = split(template)
         if not macros:
-            return template
+            return _within(template, max_chars)
         values = self._values  # never holds ERRORCODE, whose value differs from call to call
         parts = [head]
         append = parts.append
+        grown = 0
         for name, token, literal in macros:
             value = values.get(name)
             if value is None:
@@ -140,8 +167,13 @@ class Macros:
                 else:
                     raw = self._raw_value(name)
                     value = values[name] = _percent_encode(raw, _ENCODING_TABLES[name])
-            append(value.replace("'", "%27") if in_xml else value)
+            if in_xml:
+                value = value.replace("'", "%27")
+            grown += len(value) - len(token)
+            append(value)
             append(literal)
+        if max_chars is not None and len(template) + grown > max_chars:
+            raise ExpansionTooLong(f"{len(template) + grown} characters > {max_chars}")
         return "".join(parts)
 
     def _raw_value(self, name: str) -> str:

@@ -13,6 +13,9 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from streams.vast.parse import DEFAULT_MAX_ADS
+from streams.vast.upstream import DEFAULT_MAX_FETCHES
+
 DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "localhost:9092"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_WEB_PORT = 6066
@@ -49,6 +52,12 @@ class Settings(msgspec.Struct, frozen=True):
     batch_wait_s: float = 0.005
     hop_timeout_s: float = 1.0
     chain_timeout_s: float = 2.0
+    max_fetches: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_FETCHES
+    """Upstream GETs one ad request may cause, across its wrapper chain and every fallback ad,
+    retries included; past it, resolution stops (302)."""
+    max_ads_per_document: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_ADS
+    """Ads one VAST document may hold, pod and stand-alone ads together; a larger one is
+    refused (101)."""
     breaker_timeouts: Annotated[int, msgspec.Meta(ge=0)] = 5
     """Timeouts in a row after which an upstream endpoint (its URL without the query) is
     failed at once (301) for a cooldown, so that one slow ad server does not slow every
@@ -93,6 +102,8 @@ class Settings(msgspec.Struct, frozen=True):
         "batch_wait_s": "ADSTREAM_BATCH_WAIT_S",
         "hop_timeout_s": "ADSTREAM_HOP_TIMEOUT_S",
         "chain_timeout_s": "ADSTREAM_CHAIN_TIMEOUT_S",
+        "max_fetches": "ADSTREAM_MAX_FETCHES",
+        "max_ads_per_document": "ADSTREAM_MAX_ADS_PER_DOCUMENT",
         "breaker_timeouts": "ADSTREAM_BREAKER_TIMEOUTS",
         "breaker_cooldown_s": "ADSTREAM_BREAKER_COOLDOWN_S",
         "breaker_min_failing_s": "ADSTREAM_BREAKER_MIN_FAILING_S",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from models.codec import MAX_RECORD_BYTES
 from models.events import AdRequest
 from streams.state.campaigns import CampaignRules
 from streams.vast.breaker import CircuitBreaker
+from streams.vast.parse import DEFAULT_MAX_ADS
 from streams.vast.result import VastResult
 from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
-from streams.vast.upstream import VastUpstream
+from streams.vast.upstream import DEFAULT_MAX_FETCHES, VastUpstream
 
 
 class CampaignUpstreams:
@@ -22,10 +24,14 @@ class CampaignUpstreams:
         chain_timeout: float,
         retry: RetryPolicy,
         breaker: CircuitBreaker | None,
+        max_fetches: int = DEFAULT_MAX_FETCHES,
+        max_ads: int = DEFAULT_MAX_ADS,
     ) -> None:
         self.transport = transport
         self.hop_timeout = hop_timeout
         self.chain_timeout = chain_timeout
+        self.max_fetches = max_fetches
+        self.max_ads = max_ads
         self.retry = retry
         self.breaker = breaker
         """One for all campaigns: an ad server that is slow is slow for each of them."""
@@ -40,6 +46,10 @@ class CampaignUpstreams:
             transport=self.transport,
             hop_timeout=self.hop_timeout,
             timeout=self.chain_timeout,
+            max_fetches=self.max_fetches,
+            max_ads=self.max_ads,
+            # An ad that holds more could never fit its `AdServed` record.
+            max_ad_chars=MAX_RECORD_BYTES,
             retry=self.retry,
             breaker=self.breaker,
         )

@@ -43,6 +43,8 @@ def upstreams_for(
         ),
         hop_timeout=settings.hop_timeout_s,
         chain_timeout=settings.chain_timeout_s,
+        max_fetches=settings.max_fetches,
+        max_ads=settings.max_ads_per_document,
         retry=RetryPolicy(max_retries=1),
         breaker=(
             CircuitBreaker(

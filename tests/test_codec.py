@@ -34,7 +34,7 @@ from models.events import (
     FrequencyCap,
 )
 from streams.vast.document import Creative, MediaFile, Tracking
-from streams.vast.result import Hop, ResolvedAd
+from streams.vast.result import Hop, ServedAd
 
 T0 = 1_700_000_000_000
 
@@ -139,7 +139,7 @@ def test_money_travels_as_strings_never_floats() -> None:
 
 
 def test_decisions_and_dead_letters_round_trip() -> None:
-    ad = ResolvedAd(
+    ad = ServedAd(
         id="ad-1",
         sequence=None,
         ad_system="sys",
@@ -154,7 +154,6 @@ def test_decisions_and_dead_letters_round_trip() -> None:
                 tracking=(Tracking(event="progress", url="https://t.example/p", offset="25%"),),
             ),
         ),
-        vast="<VAST version='4.2'/>",
         wrappers=1,
     )
     served = AdServed(

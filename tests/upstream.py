@@ -210,3 +210,43 @@ def vast(*ads: str, version: str = "4.2", errors: Iterable[str] = (), xmlns: str
         f'<?xml version="1.0" encoding="UTF-8"?>\n<VAST version="{version}"{namespace}>'
         f"{root_errors}{''.join(ads)}</VAST>"
     )
+
+
+def fallbacks(target: str, count: int) -> str:
+    """A document of `count` stand-alone Wrappers, each a fallback for the one before; as
+    small as a Wrapper gets, so that 5,000 fit under the body cap."""
+    path = urlsplit(target).path
+    return vast(
+        *(
+            f'<Ad id="w{n}"><Wrapper><AdSystem>t</AdSystem><VASTAdTagURI>{path}</VASTAdTagURI>'
+            "</Wrapper></Ad>"
+            for n in range(count)
+        )
+    )
+
+
+def pod_with_macros(ads: int, size: int) -> str:
+    """A pod of `ads` InLines padded to about `size` characters, every ad holding macros."""
+    pod = [
+        inline(
+            ad_id=f"a{n}",
+            sequence=n + 1,
+            impression=f"http://pixels.invalid/i?cb=[CACHEBUSTING]&n={n}",
+        )
+        for n in range(ads)
+    ]
+    document = vast(*pod)
+    padding = "<!--" + "[TIMESTAMP]x" * ((size - len(document)) // 12) + "-->"
+    return document.replace("</VAST>", padding + "</VAST>")
+
+
+def merge_bomb(server: VastServer, *, wrappers: int, tracking: int, creatives: int) -> str:
+    """A chain whose Wrappers each add `tracking` URLs to every one of the InLine's
+    `creatives`: small documents, a product that is not."""
+    events = [("start", f"http://t.invalid/{n}") for n in range(tracking)]
+    bare = "<Creative><Linear><Duration>00:00:15</Duration></Linear></Creative>"
+    document = vast(inline()).replace("</Creatives>", bare * creatives + "</Creatives>")
+    url = server.add(document)
+    for n in range(wrappers):
+        url = server.add(vast(wrapper(url, ad_id=f"w{n}", tracking=events)))
+    return url

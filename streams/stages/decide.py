@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import msgspec
 from faust.types import EventT
 
-from models.codec import InvalidEvent, decode, decode_campaign_record, encode
+from models.codec import MAX_RECORD_BYTES, InvalidEvent, decode, decode_campaign_record, encode
 from models.context import user_id_of
 from models.events import SCHEMA_VERSION, AdDenied, AdRequest, AdServed, DenialReason
 from models.money import from_micros
@@ -40,12 +40,15 @@ from streams.state.frequency import Impressions
 from streams.state.spend import Spend
 from streams.tables import CapEntry, Tables, frequency_key, split_frequency_key
 from streams.topics import Topics
+from streams.vast.errors import ResponseTooLarge
 from streams.vast.result import VastResult
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_FAILURE = 900
 """IAB's 'undefined error': the resolver itself failed, which must not stop the worker."""
+TOO_LARGE = ResponseTooLarge.code
+"""An ad whose `AdServed` would not fit a record is refused as its document would be."""
 
 
 def copied_from(request: AdRequest) -> dict[str, Any]:
@@ -199,19 +202,34 @@ class Decider:
             extra={"request_id": context.request_id, "correlator": context.correlator},
         )
 
-    @staticmethod
-    def served_record(request: AdRequest, rules: CampaignRules, result: VastResult) -> bytes:
-        """The encoded `AdServed` of a request whose upstream gave an ad."""
-        served = AdServed(
-            **copied_from(request),
-            cost=from_micros(rules.cost_micros),
-            currency=rules.currency,
-            ad=result.ads[0],
-            vast=result.ads[0].vast,
-            chain=result.chain,
-            campaign_version=rules.version,
+    def served_record(
+        self, request: AdRequest, rules: CampaignRules, result: VastResult
+    ) -> bytes | None:
+        """The encoded `AdServed` of `result`'s first ad; None when its record would pass
+        `MAX_RECORD_BYTES` (the resolver bounds what an ad holds, this is the exact check of
+        the event as a whole)."""
+        ad = result.ads[0]
+        served = encode(
+            AdServed(
+                **copied_from(request),
+                cost=from_micros(rules.cost_micros),
+                currency=rules.currency,
+                ad=ad.served(),
+                vast=ad.vast,
+                chain=result.chain,
+                campaign_version=rules.version,
+            )
         )
-        return encode(served)
+        if len(served) > MAX_RECORD_BYTES:
+            self.metrics.upstream_errors.labels(code=str(TOO_LARGE)).inc()
+            log.warning(
+                "ad refused: its AdServed would be %d bytes > %d",
+                len(served),
+                MAX_RECORD_BYTES,
+                extra={"request_id": request.context.request_id},
+            )
+            return None
+        return served
 
     async def serve(
         self, event: EventT[Any], request: AdRequest, served: bytes, started: float
@@ -315,21 +333,24 @@ class _Batch:
                     await self._end(pending, reservation, result)
 
     async def _end(self, pending: _Pending, reservation: Reservation, result: VastResult) -> None:
+        code = result.error_code
         if result.status == "inline" and result.ads:
             # Encoded before any state changes, so that a failure leaves none behind.
             served = self.decider.served_record(pending.request, pending.rules, result)
-            self._commit(pending.event, reservation, pending.rules)
-            await self.decider.serve(pending.event, pending.request, served, self.started)
-        else:
-            reason: DenialReason = "no_fill" if result.status == "no_ad" else "upstream_error"
-            await self.decider.deny(
-                pending.event,
-                pending.request,
-                reason,
-                str(result.error_code),
-                pending.rules.version,
-                self.started,
-            )
+            if served is not None:
+                self._commit(pending.event, reservation, pending.rules)
+                await self.decider.serve(pending.event, pending.request, served, self.started)
+                return
+            code = TOO_LARGE
+        reason: DenialReason = "no_fill" if result.status == "no_ad" else "upstream_error"
+        await self.decider.deny(
+            pending.event,
+            pending.request,
+            reason,
+            str(code),
+            pending.rules.version,
+            self.started,
+        )
 
     def _commit(self, event: EventT[Any], reservation: Reservation, rules: CampaignRules) -> None:
         tables = self.decider.tables

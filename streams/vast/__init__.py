@@ -6,7 +6,8 @@
         result = await upstream.fetch(params={"placement_id": "preroll"}, context=context)
     result.status, result.error_code, result.ads, result.chain
 
-Modules: `parse` (bytes to `Document`), `chain` (the wrapper-chain rules, pure), `transport`
+Modules: `parse` (bytes to `Document`), `chain` (the wrapper-chain rules, pure), `deadline`
+(the chain's deadline for CPU work), `transport`
 (HTTP), `guard` (SSRF), `retry`, `breaker` (slow endpoints), `cache` (Redis), `pixels` (error
 reporting), `upstream`.
 """
@@ -17,13 +18,16 @@ from streams.vast.document import Ad, Creative, Document, MediaFile, Tracking, W
 from streams.vast.errors import (
     BlockedAddress,
     CircuitOpen,
+    DeadlinePassed,
     DocumentError,
     FetchError,
+    FetchLimitReached,
     ForbiddenDoctype,
     InvalidUrl,
     NoAdError,
     ResponseTooLarge,
     SchemaError,
+    TooManyAds,
     TooManyRedirects,
     UnsupportedVersion,
     UpstreamStatusError,
@@ -35,7 +39,7 @@ from streams.vast.errors import (
     WrapperLoop,
 )
 from streams.vast.parse import parse_vast
-from streams.vast.result import ErrorReport, Hop, ResolvedAd, Status, VastResult
+from streams.vast.result import ErrorReport, Hop, ResolvedAd, ServedAd, Status, VastResult
 from streams.vast.retry import RetryMiddleware, RetryPolicy
 from streams.vast.transport import VastTransport
 from streams.vast.upstream import VastUpstream
@@ -46,10 +50,12 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "Creative",
+    "DeadlinePassed",
     "Document",
     "DocumentError",
     "ErrorReport",
     "FetchError",
+    "FetchLimitReached",
     "ForbiddenDoctype",
     "Hop",
     "InvalidUrl",
@@ -61,7 +67,9 @@ __all__ = [
     "RetryMiddleware",
     "RetryPolicy",
     "SchemaError",
+    "ServedAd",
     "Status",
+    "TooManyAds",
     "TooManyRedirects",
     "Tracking",
     "UnsupportedVersion",

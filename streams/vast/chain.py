@@ -12,7 +12,8 @@ from typing import NamedTuple, TypeVar
 
 import msgspec
 
-from streams.macros import Macros
+from streams.macros import ExpansionTooLong, Macros
+from streams.vast.deadline import NO_DEADLINE, Deadline
 from streams.vast.document import (
     Ad,
     Creative,
@@ -22,10 +23,17 @@ from streams.vast.document import (
     Tracking,
     Wrapper,
 )
-from streams.vast.errors import NoAdError, WrapperError
+from streams.vast.errors import NoAdError, ResponseTooLarge, WrapperError
 from streams.vast.result import ResolvedAd
 
 _HasUrl = TypeVar("_HasUrl", MediaFile, Tracking)
+
+DEFAULT_MAX_AD_CHARS = 1_000_000
+"""What one resolved ad may hold: its document and URLs, macros substituted. Kept in
+characters, each at least one byte once encoded, with the least JSON adds to every URL
+(`_JSON_CHARS_PER_URL`), so an ad within it may still not fit an event, but one past it never
+could."""
+_JSON_CHARS_PER_URL = 3  # two quotes and a comma
 
 
 class Rules(msgspec.Struct, frozen=True):
@@ -87,28 +95,77 @@ def error_urls(wrappers: Sequence[Ad], *more: Iterable[str]) -> list[str]:
     return urls
 
 
-def resolve_ad(inline: Ad, wrappers: Sequence[Ad], macros: Macros, vast: str) -> ResolvedAd:
+def expand_document(text: str, macros: Macros, max_chars: int) -> str:
+    """The document an InLine's ads are served with: `text`, macros substituted. Done once per
+    document and request, however many of its ads resolve. Raises ResponseTooLarge (100) past
+    `max_chars`."""
+    try:
+        return macros.expand(text, in_xml=True, max_chars=max_chars)
+    except ExpansionTooLong as exc:
+        raise ResponseTooLarge(f"the document, macros substituted, is too large: {exc}") from None
+
+
+def resolve_ad(
+    inline: Ad,
+    wrappers: Sequence[Ad],
+    macros: Macros,
+    vast: str,
+    *,
+    max_chars: int = DEFAULT_MAX_AD_CHARS,
+    deadline: Deadline = NO_DEADLINE,
+) -> ResolvedAd:
     """`inline` with `wrappers` (outermost first) merged in, every URL's macros substituted.
+
+    `vast` is the InLine's document, macros substituted already (`expand_document`): the ad
+    refers to it, and expands only the URLs it holds itself. Raises ResponseTooLarge (100) when
+    the document and the ad's URLs, with what JSON adds to each, pass `max_chars`, before
+    building more; DeadlinePassed (301) when the deadline passes while merging.
 
     The order is vast-client-js's: impressions and errors from the outermost Wrapper inwards,
     then the InLine's own; a creative's tracking and clicks its own first, then each Wrapper's
     creatives of the same kind from the innermost outwards.
     """
     # List comprehensions rather than generators throughout: a generator resumes per item.
-    expand = macros.expand
+    expand = _Budget(macros, max_chars - len(vast)).expand
     inherited = _inherited(wrappers)
     chain = (*wrappers, inline)
+    impressions = tuple([expand(url) for ad in chain for url in ad.impressions])
+    errors = tuple([expand(url) for ad in chain for url in ad.errors])
+    creatives = []
+    for creative in inline.creatives:
+        # Each creative takes in every Wrapper's of its kind: checked per creative, since
+        # that product, not any one document, is what can grow.
+        deadline.check("while merging Wrappers into the ad")
+        creatives.append(_merge(creative, inherited, expand))
     return ResolvedAd(
         id=inline.id,
         sequence=inline.sequence,
         ad_system=inline.ad_system,
         ad_title=inline.ad_title,
-        impressions=tuple([expand(url) for ad in chain for url in ad.impressions]),
-        errors=tuple([expand(url) for ad in chain for url in ad.errors]),
-        creatives=tuple([_merge(creative, inherited, expand) for creative in inline.creatives]),
-        vast=macros.expand(vast, in_xml=True),
+        impressions=impressions,
+        errors=errors,
+        creatives=tuple(creatives),
+        vast=vast,
         wrappers=len(wrappers),
     )
+
+
+class _Budget:
+    """What an ad may still hold, in characters: every URL is expanded within it."""
+
+    __slots__ = ("left", "macros")
+
+    def __init__(self, macros: Macros, left: int) -> None:
+        self.macros = macros
+        self.left = left
+
+    def expand(self, url: str) -> str:
+        try:
+            expanded = self.macros.expand(url, max_chars=self.left - _JSON_CHARS_PER_URL)
+        except ExpansionTooLong:
+            raise ResponseTooLarge("the ad's document and URLs are too large") from None
+        self.left -= len(expanded) + _JSON_CHARS_PER_URL
+        return expanded
 
 
 class _Inherited:

@@ -15,6 +15,9 @@ class VastError(Exception):
 
     code: ClassVar[int] = 900
     retryable: bool = False
+    ends_resolution: ClassVar[bool] = False
+    """Set for failures of the request's own budget (deadline, fetches): once one happens,
+    no fallback ad is tried, since each would fail the same way."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -35,13 +38,18 @@ class ForbiddenDoctype(DocumentError):
 
 
 class ResponseTooLarge(DocumentError):
-    """100: the body, after decompression, exceeds the size cap."""
+    """100: the body, after decompression, exceeds the size cap; or a resolved ad, its document
+    and URLs with macros substituted, exceeds what one `ad-served` event may carry."""
 
 
 class SchemaError(VastError):
     """101: well-formed XML that is not a valid VAST document."""
 
     code = 101
+
+
+class TooManyAds(SchemaError):
+    """101: a document holds more ads (pod and stand-alone ads together) than the cap."""
 
 
 class UnsupportedVersion(VastError):
@@ -73,6 +81,14 @@ class UpstreamTimeout(FetchError):
     """301: the hop's timeout or the chain's deadline passed."""
 
     retryable = True
+
+
+class DeadlinePassed(UpstreamTimeout):
+    """301: the chain's deadline passed, while waiting or while parsing and merging: nothing
+    more is fetched or resolved for this request."""
+
+    retryable = False
+    ends_resolution = True
 
 
 class CircuitOpen(FetchError):
@@ -110,6 +126,13 @@ class WrapperLimitReached(VastError):
 class WrapperLoop(WrapperLimitReached):
     """302: a Wrapper points back to a URL already fetched in its own chain; following it would
     only ever end at the depth limit."""
+
+
+class FetchLimitReached(WrapperLimitReached):
+    """302: the request has used up its upstream fetches (across its chain and every fallback
+    ad) before an InLine came."""
+
+    ends_resolution = True
 
 
 class NoAdError(VastError):

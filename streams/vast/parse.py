@@ -4,7 +4,8 @@ Pure and synchronous: no I/O, so every rule here is unit-testable. Hostile input
 before lxml sees it: a DTD (the carrier of XXE and entity-expansion attacks) is refused from
 the prolog, and only ASCII-compatible encodings are accepted so that prolog check cannot be
 dodged by re-encoding. The parser itself resolves no entities, loads nothing from the network
-and keeps libxml2's size and depth limits (`huge_tree` off).
+and keeps libxml2's size and depth limits (`huge_tree` off). A document may hold at most
+`max_ads` ads, and reading one stops at the chain's deadline.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 
 from lxml import etree
 
+from streams.vast.deadline import NO_DEADLINE, Deadline
 from streams.vast.document import (
     Ad,
     Creative,
@@ -27,9 +29,12 @@ from streams.vast.errors import (
     DocumentError,
     ForbiddenDoctype,
     SchemaError,
+    TooManyAds,
     UnsupportedVersion,
 )
 
+DEFAULT_MAX_ADS = 50
+"""Ads one document may hold, pod and stand-alone ads together: more than any ad break plays."""
 VAST_NAMESPACE = "http://www.iab.com/VAST"
 SUPPORTED_MAJOR_VERSIONS = frozenset({"2", "3", "4"})
 
@@ -56,14 +61,18 @@ _ASCII_COMPATIBLE = frozenset(
 )
 
 
-def parse_vast(body: bytes) -> Document:
-    """Parse one VAST response. Raises `DocumentError` (100), `SchemaError` (101) or
-    `UnsupportedVersion` (102); never anything else."""
+def parse_vast(
+    body: bytes, *, max_ads: int = DEFAULT_MAX_ADS, deadline: Deadline = NO_DEADLINE
+) -> Document:
+    """Parse one VAST response. Raises `DocumentError` (100), `SchemaError` (101; `TooManyAds`
+    past `max_ads`), `UnsupportedVersion` (102) or `DeadlinePassed` (301); never anything
+    else."""
     encoding = _check_prolog(body)
     try:
         root = etree.fromstring(body, _PARSER)
     except (etree.LxmlError, ValueError) as exc:
         raise DocumentError(f"not well-formed XML: {exc}") from None
+    deadline.check("while parsing")
     namespace, _, name = root.tag[1:].rpartition("}") if root.tag[0] == "{" else ("", "", root.tag)
     if name == "VideoAdServingTemplate":
         raise UnsupportedVersion("VAST 1.0 (VideoAdServingTemplate) is not supported")
@@ -78,6 +87,12 @@ def parse_vast(body: bytes) -> Document:
     for child in root:
         tag = child.tag
         if tag == tags.ad:
+            if len(ads) == max_ads:
+                # Refused rather than cut: the first ads of a larger pod are not the ad break
+                # the upstream meant, and a player would play them as if they were.
+                raise TooManyAds(f"more than {max_ads} ads in one document")
+            # Checked per ad: the deadline is overrun by at most one ad's reading.
+            deadline.check("while reading the document's ads")
             ads.append(_ad(child, tags))
         elif tag == tags.error:
             _append_text(errors, child)

@@ -30,8 +30,9 @@ class ErrorReport(msgspec.Struct, frozen=True):
     urls: tuple[str, ...]
 
 
-class ResolvedAd(msgspec.Struct, frozen=True, omit_defaults=True):
-    """An InLine ad with the Wrappers above it merged in and every URL's macros substituted.
+class ServedAd(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An InLine ad with the Wrappers above it merged in and every URL's macros substituted:
+    what the `ad-served` event says of its ad, besides the document it carries once, apart.
 
     `errors` keep `[ERRORCODE]` for whoever reports a later failure (the player).
     """
@@ -43,9 +44,19 @@ class ResolvedAd(msgspec.Struct, frozen=True, omit_defaults=True):
     impressions: tuple[str, ...]
     errors: tuple[str, ...]
     creatives: tuple[Creative, ...]
-    vast: str
-    """The InLine document the ad came from, macros substituted."""
     wrappers: int = 0
+
+
+class ResolvedAd(ServedAd, frozen=True, omit_defaults=True, kw_only=True):
+    """A `ServedAd` with the InLine document it came from."""
+
+    vast: str
+    """The InLine document, macros substituted: one string shared by every ad resolved from
+    it for a request, so a pod costs its document once."""
+
+    def served(self) -> ServedAd:
+        """This ad without its document, for an event that carries the document itself."""
+        return ServedAd(**{name: getattr(self, name) for name in ServedAd.__struct_fields__})
 
 
 class VastResult(msgspec.Struct, frozen=True):

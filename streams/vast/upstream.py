@@ -26,17 +26,21 @@ from streams.macros import Macros
 from streams.vast import chain
 from streams.vast.breaker import CircuitBreaker, endpoint_of
 from streams.vast.cache import ResponseCache, cache_ttl
+from streams.vast.deadline import Deadline
 from streams.vast.document import Ad, Document
 from streams.vast.errors import (
     CircuitOpen,
+    DeadlinePassed,
+    FetchLimitReached,
     NoAdError,
+    ResponseTooLarge,
     UpstreamStatusError,
     UpstreamTimeout,
     VastError,
     WrapperLimitReached,
     WrapperLoop,
 )
-from streams.vast.parse import parse_vast
+from streams.vast.parse import DEFAULT_MAX_ADS, parse_vast
 from streams.vast.pixels import ErrorPixels
 from streams.vast.result import ErrorReport, Hop, ResolvedAd, Status, VastResult
 from streams.vast.retry import NO_RETRIES, RetryPolicy
@@ -46,6 +50,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DEPTH = 5
 """Wrappers followed before an InLine must come: IAB's minimum for players."""
+DEFAULT_MAX_FETCHES = 10
+"""Upstream GETs one request may cause, across its chain and every fallback ad, retries
+included: a document of thousands of fallback Wrappers costs no more than this."""
 
 
 class VastUpstream:
@@ -55,6 +62,9 @@ class VastUpstream:
         *,
         transport: VastTransport | None = None,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        max_fetches: int = DEFAULT_MAX_FETCHES,
+        max_ads: int = DEFAULT_MAX_ADS,
+        max_ad_chars: int = chain.DEFAULT_MAX_AD_CHARS,
         hop_timeout: float = 2.0,
         timeout: float = 5.0,
         retry: RetryPolicy = NO_RETRIES,
@@ -68,7 +78,11 @@ class VastUpstream:
         """
         `url`: the tag (macros allowed) that `fetch` requests when given only params.
         `transport`: share one across upstreams; by default the upstream opens and owns one.
-        `hop_timeout` bounds each document fetch, `timeout` the whole chain (retries included).
+        `max_fetches`: upstream GETs per `fetch` call (302 past it); `max_ads`: ads one
+        document may hold (101 past it); `max_ad_chars`: what one resolved ad may hold, its
+        document and URLs with macros substituted (100 past it).
+        `hop_timeout` bounds each document fetch, `timeout` the whole chain (retries, parsing
+        and merging included).
         `breaker`: fail the URLs of an endpoint that keeps timing out at once for a while
         (share one across upstreams; none by default).
         `cache`/`cache_ttl`: store this upstream's responses for up to `cache_ttl` seconds,
@@ -76,12 +90,17 @@ class VastUpstream:
         `allow_multiple_ads`: whether the tag's response may be an ad pod.
         `unix_timestamp`: `[TIMESTAMP]` as Unix milliseconds instead of ISO 8601.
         """
-        if max_depth < 0 or hop_timeout <= 0 or timeout <= 0 or cache_ttl <= 0:
-            raise ValueError("max_depth must be >= 0 and every duration > 0")
+        if max_depth < 0 or min(max_fetches, max_ads, max_ad_chars) < 1:
+            raise ValueError("max_depth must be >= 0 and every other limit >= 1")
+        if hop_timeout <= 0 or timeout <= 0 or cache_ttl <= 0:
+            raise ValueError("every duration must be > 0")
         self.url = url
         self._owns_transport = transport is None
         self.transport = transport or VastTransport()
         self.max_depth = max_depth
+        self.max_fetches = max_fetches
+        self.max_ads = max_ads
+        self.max_ad_chars = max_ad_chars
         self.hop_timeout = hop_timeout
         self.timeout = timeout
         self.retry = retry
@@ -140,19 +159,26 @@ class VastUpstream:
 class _Loaded:
     """A fetched document, with the URL its relative VASTAdTagURIs resolve against."""
 
-    __slots__ = ("_text", "body", "document", "url")
+    __slots__ = ("_served", "body", "document", "url")
 
     def __init__(self, url: str, document: Document, body: bytes) -> None:
         self.url = url
         self.document = document
         self.body = body
-        self._text: str | None = None
+        self._served: str | ResponseTooLarge | None = None
 
-    @property
-    def text(self) -> str:
-        if self._text is None:
-            self._text = self.body.decode(self.document.encoding, errors="replace")
-        return self._text
+    def served(self, macros: Macros, max_chars: int) -> str:
+        """The document as its ads are served, expanded on first use, once for all of them
+        (and refused once, if it is too large)."""
+        if self._served is None:
+            text = self.body.decode(self.document.encoding, errors="replace")
+            try:
+                self._served = chain.expand_document(text, macros, max_chars)
+            except ResponseTooLarge as exc:
+                self._served = exc
+        if isinstance(self._served, ResponseTooLarge):
+            raise ResponseTooLarge(str(self._served))
+        return self._served
 
 
 class _Resolution:
@@ -173,6 +199,9 @@ class _Resolution:
         self.loop = asyncio.get_running_loop()
         # On the event loop's clock, for asyncio.timeout_at.
         self.deadline = self.loop.time() + upstream.timeout
+        # The same, for parsing and merging: the loop's clock may not move while they run.
+        self.cpu_deadline = Deadline.after(upstream.timeout)
+        self.fetches = 0
         self.hops: list[Hop] = []
         self.reports: list[ErrorReport] = []
 
@@ -243,6 +272,8 @@ class _Resolution:
                 if not exc.reported:
                     self._report(exc, chain.error_urls((*wrappers, ad)))
                 first_failure = first_failure or exc
+                if exc.ends_resolution:
+                    return first_failure
             if not (fallbacks and chain.may_fall_back(ad)):
                 return first_failure
             ad = fallbacks.popleft()
@@ -253,7 +284,17 @@ class _Resolution:
         if ad.wrapper is None:
             if not ad.creatives:
                 raise NoAdError("an InLine ad without creatives")
-            return [chain.resolve_ad(ad, wrappers, self.macros, loaded.text)]
+            upstream = self.upstream
+            document = loaded.served(self.macros, upstream.max_ad_chars)
+            resolved = chain.resolve_ad(
+                ad,
+                wrappers,
+                self.macros,
+                document,
+                max_chars=upstream.max_ad_chars,
+                deadline=self.cpu_deadline,
+            )
+            return [resolved]
         if len(wrappers) >= self.upstream.max_depth:
             raise WrapperLimitReached(f"more than {self.upstream.max_depth} Wrappers in a chain")
         uri = ad.wrapper.ad_tag_uri
@@ -273,19 +314,24 @@ class _Resolution:
             body = await cache.get(key)
             if body is not None:
                 self.hops.append(Hop(url, 200, _ms_since(started), cached=True))
-                return _Loaded(url, parse_vast(body), body)
+                return _Loaded(url, self._parse(body), body)
         fetched = await self._get(url)
         if fetched.status == 204 or not fetched.body or fetched.body.isspace():  # strip() copies
             raise NoAdError(f"empty response from {url}")
-        document = parse_vast(fetched.body)
+        document = self._parse(fetched.body)
         if cache is not None and key is not None and document.ads:
             ttl = cache_ttl(fetched.cache_control, self.upstream.cache_ttl)
             if ttl is not None:
                 await cache.set(key, fetched.body, ttl)
         return _Loaded(fetched.url, document, fetched.body)
 
+    def _parse(self, body: bytes) -> Document:
+        return parse_vast(body, max_ads=self.upstream.max_ads, deadline=self.cpu_deadline)
+
     async def _get(self, url: str) -> Fetched:
         """One hop: GET with retries, within the hop timeout and the chain deadline."""
+        # Before the hop is recorded: a request's chain lists only what was asked for.
+        self._check_fetches(url)
         started = time.perf_counter()
         attempts = status = 0
         breaker = self.upstream.breaker
@@ -293,9 +339,11 @@ class _Resolution:
             while True:
                 now = self.loop.time()
                 if now >= self.deadline:
-                    raise UpstreamTimeout(f"the chain deadline passed before {url}")
+                    raise DeadlinePassed(f"the chain deadline passed before {url}")
                 if breaker is not None and not breaker.allows(url):
                     raise CircuitOpen(f"{url}: it keeps timing out; not asked for now")
+                self._check_fetches(url)  # again for a retry
+                self.fetches += 1
                 attempts += 1
                 try:
                     fetched = await self._attempt(
@@ -314,6 +362,13 @@ class _Resolution:
                 await asyncio.sleep(delay)
         finally:
             self.hops.append(Hop(url, status, _ms_since(started), attempts))
+
+    def _check_fetches(self, url: str) -> None:
+        if self.fetches >= self.upstream.max_fetches:
+            raise FetchLimitReached(
+                f"{url} would be fetch {self.fetches + 1} of this request; the cap is "
+                f"{self.upstream.max_fetches}"
+            )
 
     async def _attempt(self, url: str, deadline: float) -> Fetched:
         breaker = self.upstream.breaker

@@ -11,7 +11,7 @@ from lxml import etree
 from models.context import SessionContext
 from streams.macros import Macros
 from streams.vast import NoAdError, WrapperError, parse_vast
-from streams.vast.chain import Rules, may_fall_back, plan, resolve_ad
+from streams.vast.chain import Rules, expand_document, may_fall_back, plan, resolve_ad
 from streams.vast.document import Ad, Creative, Tracking, Wrapper
 from tests.upstream import inline, vast, wrapper
 
@@ -132,7 +132,9 @@ def test_merge_order_and_macros() -> None:
         ),
     )
 
-    resolved = resolve_ad(ad, [outer, inner], Macros(context), "<VAST>[CACHEBUSTING]</VAST>")
+    macros = Macros(context)
+    document = expand_document("<VAST>[CACHEBUSTING]</VAST>", macros, 1000)
+    resolved = resolve_ad(ad, [outer, inner], macros, document)
 
     assert resolved.impressions == (
         f"http://o/imp?cb={context.cachebusting}",
@@ -162,7 +164,8 @@ def test_a_value_cannot_break_out_of_a_single_quoted_attribute_of_the_document()
     document = document.replace("<Ad ", "<Ad data-page='[PAGEURL]' ", 1)
     ad = parse_vast(document.encode()).ads[0]
 
-    resolved = resolve_ad(ad, [], Macros(SessionContext.create(), {"PAGEURL": page}), document)
+    macros = Macros(SessionContext.create(), {"PAGEURL": page})
+    resolved = resolve_ad(ad, [], macros, expand_document(document, macros, 100_000))
 
     element = etree.fromstring(resolved.vast.encode()).find("Ad")
     assert element is not None
