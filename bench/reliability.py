@@ -222,6 +222,16 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   (17,000 in the first 11 minutes of `big_state`): Faust's stall monitor reads its own
   commit times, which adstream's transactional commits bypassed. They are recorded now
   (`ADSTREAM_STALL_WARNING_S` sets the monitor's threshold).
+- **Single messages could stop the worker, on every restart** (`hostile_input` and the
+  scenarios' review): invalid UTF-8 inside a JSON string (`UnicodeDecodeError` escaped
+  decoding), a budget whose micros overflow the tables' encoding (`OverflowError`), a
+  ~1 MB request (its dead letter passed the producer's limit), a ~600 KB upstream document
+  (the served event carried it twice). Each message is now processed inside a boundary that
+  dead-letters any failure but Kafka's, every record is bounded by construction
+  (docs/architecture.md, "Bad input, and what bounds the worker"), and a crash journal sets
+  aside a message that brings the whole process down twice in a row. The first
+  `hostile_input` run also caught a campaign record with a misspelt field (`bugdet`)
+  loading with no budget (budgets exceeded): unknown fields are refused now.
 - The first full-size run also showed the scenarios' fixed 120 s waits too short for a
   backlog of 100,000 requests on two cores (`bad_input` reported 31,618 undecided while
   they were still being decided); they now wait as long as decisions keep coming.
