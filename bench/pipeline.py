@@ -82,7 +82,7 @@ from models.events import SCHEMA_VERSION, Budget, Campaign, FrequencyCap
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
-VAST_SAMPLE = REPO.parent / "shared" / "reference" / "vast-client-js-samples" / "inline-linear.xml"
+VAST_SAMPLE = REPO / "tests" / "data" / "vast-client-js-samples" / "inline-linear.xml"
 ADSTREAM_WORKER = REPO / "streams" / "worker.py"
 READY_PATH = "/adstream/ready/"
 

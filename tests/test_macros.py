@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from models import SessionContext
 from streams.macros import IAB_MACROS, PER_REQUEST_MACROS, Macros, cache_key_template
 
-REGISTRY = Path(__file__).parents[2] / "shared/reference/iab-vast/macros-data.json"
+REGISTRY = Path(__file__).parent / "data/iab-vast/macros-data.json"
 REGISTRY_MACROS: list[dict[str, Any]] = json.loads(REGISTRY.read_text())["macros"]
 ARRAY_MACROS = {m["name"] for m in REGISTRY_MACROS if m["datatype"].startswith("Array")}
 

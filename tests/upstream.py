@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared/reference/vast-client-js-samples"
+SAMPLES = Path(__file__).resolve().parent / "data/vast-client-js-samples"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

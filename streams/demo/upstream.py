@@ -31,7 +31,7 @@ DEFAULT_ORIGIN = f"http://{HOST}:{DEFAULT_PORT}"
 VAST_DIR = Path(__file__).with_name("vast")
 OWN_DOCUMENTS = ("inline.xml", "wrapper.xml", "no-ad.xml")
 NO_AD = "no-ad.xml"
-SAMPLES = Path(__file__).resolve().parents[3] / "shared/reference/vast-client-js-samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "tests/data/vast-client-js-samples"
 """Real-world documents, present beside a checkout of the project (never in a package)."""
 SAMPLE_STAND_INS = {"inline.xml": "inline-linear.xml", "wrapper.xml": "wrapper-a.xml"}
 """Which sample serves in place of which own document. The no-ad answer stays ours: the
