@@ -270,7 +270,7 @@ def render(report: Report) -> str:
         f"{', '.join(map(str, report.machine['load_average_at_start']))}. Each scenario "
         "runs real worker processes against a real Kafka 4.2 broker, Redis and an HTTP VAST "
         "upstream, reads every decision back with a read_committed consumer and audits "
-        "DESIGN.md's invariants; the scenario code is `tests/scale/scenarios.py`, which "
+        "the design's invariants; the scenario code is `tests/scale/scenarios.py`, which "
         "`pytest tests/scale` runs too (`-m full` for the full size).",
         "",
         *(

@@ -72,7 +72,7 @@ def _uuid4(rng: random.Random) -> uuid.UUID:
 
 
 def user_id_of(context: SessionContext) -> str | None:
-    """The user's id, or None for an anonymous user (DESIGN.md, "Anonymous users").
+    """The user's id, or None for an anonymous user (docs/design.md, "What a decision means").
 
     Anonymous means: no `user_id` cookie, `user_id == "anonymous"`, or `gdpr == "1"` without
     `gdpr_consent == "1"`. An empty `user_id` counts as missing, since capping by it would pool

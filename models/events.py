@@ -1,4 +1,4 @@
-"""The events on adstream's public topics (DESIGN.md, "Topics and events").
+"""The events on adstream's public topics (docs/design.md, "Topics" and "Events").
 
 Every message is one JSON object with an integer `schema` field. Money travels as decimal
 strings ("2.50") and is turned into integer micros at the boundary (`models.money`).

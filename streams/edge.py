@@ -1,7 +1,7 @@
 """What an edge server uses: `EdgePublisher` sends ad requests to `ad-requests` and, when asked,
 waits for each one's decision.
 
-DESIGN.md fixes the record: the value is the encoded request, the key its user key (so a
+docs/design.md fixes the record: the value is the encoded request, the key its user key (so a
 user's requests stay in order on one partition), and the record timestamp its event time (so
 the decisions, stamped the same way, line up with it).
 

@@ -41,9 +41,9 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    whichever event came last. `event_context` names the right event for each store access,
    and `TypedTable` writes name their event explicitly.
 7. **`fetch_max_wait_ms` is hard-coded to 1500 ms**, which alone costs p50 ~200 ms of latency
-   at moderate rates (DESIGN.md, "Performance facts"), and the producers' `retry_backoff_ms`
-   stays at aiokafka's 100 ms: the first send of a transaction begun right after a commit is
-   often refused as retriable by Kafka 4, and each such retry cost a batch 100 ms.
+   at moderate rates (docs/architecture.md, "Performance facts"), and the producers'
+   `retry_backoff_ms` stays at aiokafka's 100 ms: the first send of a transaction begun right
+   after a commit is often refused as retriable by Kafka 4, and each such retry cost a batch 100 ms.
    `tune_clients` sets both.
 8. **Moved tables were never restored.** With transactions, Faust takes a changelog
    partition's highwater from aiokafka's cached last stable offset, which stays empty until

@@ -1,4 +1,4 @@
-"""Invariant 2 of DESIGN.md recomputed from the served decisions alone, by brute force, the
+"""Invariant 2 of docs/design.md recomputed from the served decisions alone, by brute force, the
 way an auditor replaying `ad-served` would: no (user, campaign) over a cap in any window, no
 campaign over a budget. Money in integer micros; days are UTC days of event time.
 

@@ -32,7 +32,7 @@ from streams.state.spend import Spend
 V = TypeVar("V", bound=msgspec.Struct)
 
 DEDUPE_WINDOW_MS = 25 * 3_600_000
-"""A request_id is remembered this long in event time: DESIGN.md's 24 h plus an hour late."""
+"""A request_id is remembered this long in event time: the design's 24 h plus an hour late."""
 
 
 class SeenRequest(msgspec.Struct, array_like=True):

@@ -1,4 +1,4 @@
-"""The names of the topics one deployment uses (DESIGN.md, "Topics and events")."""
+"""The names of the topics one deployment uses (docs/design.md, "Topics" and "Events")."""
 
 from __future__ import annotations
 

@@ -103,7 +103,8 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
     if settings.store == "rocksdb":
         local_state.open()
     try:
-        # quiet: Faust's terminal spinner would set the root logger to DEBUG (DESIGN.md).
+        # quiet: Faust's terminal spinner would set the root logger to DEBUG
+        # (docs/architecture.md, "Performance facts").
         faust.Worker(
             app,
             loglevel=settings.log_level,

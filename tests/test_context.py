@@ -1,4 +1,4 @@
-"""`models.context`: what `SessionContext.create` generates and DESIGN.md's anonymous rules."""
+"""`models.context`: what `SessionContext.create` generates and the design's anonymous rules."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ window:
 
 - requests are validated exactly as the worker's route stage does (`decode_request`,
   `check_event_time`); invalid ones belong to the DLQ and need no decision;
-- a request_id seen again within 24 h of event time (DESIGN.md) needs no second decision;
+- a request_id seen again within 24 h of event time (docs/design.md) needs no second decision;
   one seen again later may get one (the worker remembers ids at least that long);
 - every request that needs a decision has one, and none has more; every decision has a
   request and copies its fields;
@@ -58,7 +58,7 @@ from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
 
 DUPLICATE_WINDOW_MS = 24 * 3_600_000
-"""DESIGN.md: a request_id seen again within (at least) 24 h of event time gets no decision."""
+"""docs/design.md: a request_id seen again within (at least) 24 h of event time gets no decision."""
 REQUEST_CONTEXT_MS = 2 * DUPLICATE_WINDOW_MS
 """How far before `--from` requests are read, to know which ones inside are re-sent."""
 

@@ -1,6 +1,6 @@
 """The event-time window of an audit (`--from`, `--to`) and the ways a time may be written.
 
-Event time is what every record carries as its timestamp (DESIGN.md), so a window selects the
+Event time is what every record carries as its timestamp (docs/design.md), so a window selects the
 same requests and decisions whichever topic they are read from. `--from` is inclusive, `--to`
 exclusive; either may be missing.
 """

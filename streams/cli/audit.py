@@ -1,4 +1,4 @@
-"""`adstream audit`: replay a deployment's topics and verify every decision (DESIGN.md,
+"""`adstream audit`: replay a deployment's topics and verify every decision (docs/design.md,
 invariants 1-3 and 6), optionally reconciling the billing ledger.
 
 Settings come from the environment like every command's (KAFKA_BOOTSTRAP_SERVERS,

@@ -1,6 +1,6 @@
 """Frequency caps as event-time sliding windows over one (user, campaign)'s served impressions.
 
-DESIGN.md: serve at t only if, for every cap, fewer than `max` impressions lie in
+docs/design.md: serve at t only if, for every cap, fewer than `max` impressions lie in
 (t - window, t]. Requests can arrive out of event-time order, so an impression at t must also
 keep every *later* window that contains t within its cap: we check every window ending in
 [t, t + window), which for in-order requests is exactly the rule above and never lets a cap be
@@ -8,7 +8,7 @@ exceeded for late ones.
 
 Every served impression of an identified user is recorded, whether or not its campaign has
 caps: a cap added (or a window lengthened) by a later campaign update counts the impressions
-served before it (DESIGN.md: every served impression counts). The list keeps what a check can
+served before it (docs/design.md: every served impression counts). The list keeps what a check can
 still see: `kept_ms(longest window, history)` of event time, the impression history horizon
 (the worker's `ADSTREAM_IMPRESSION_HISTORY_S`) or the campaign's longest window if that is
 longer, plus `ALLOWED_LATENESS_MS` for late requests, before the newest impression. Older

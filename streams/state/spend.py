@@ -1,6 +1,6 @@
 """Per-campaign spend in integer micros: lifetime, and daily by UTC day of event time.
 
-DESIGN.md: an ad is served only if its cost fits both the lifetime and the daily budget;
+docs/design.md: an ad is served only if its cost fits both the lifetime and the daily budget;
 spend never exceeds a budget, to the micro. Daily totals are kept for the days a late request
 can still belong to; a request for a day already dropped is refused (`late`) rather than
 charged against a total we no longer know.

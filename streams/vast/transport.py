@@ -1,11 +1,12 @@
 """HTTP for the resolver: one shared aiohttp session, also offered as an `httpx.AsyncClient`.
 
 aiohttp carries the bytes: httpx's own connection pool costs several times more CPU per request
-and collapses under concurrency (DESIGN.md, "Performance facts"). The resolver's own GETs go
-straight to the shared `aiohttp.ClientSession`: building httpx `Request`/`Response` objects and
-converting between them and aiohttp's (httpx-aiohttp) cost about as much CPU as the HTTP
-exchange itself, and the resolver needs none of httpx's machinery, since it follows redirects
-itself (checking every target) and takes cookies from each request's context only.
+and collapses under concurrency (docs/architecture.md, "Performance facts"). The resolver's
+own GETs go straight to the shared `aiohttp.ClientSession`: building httpx `Request` and
+`Response` objects and converting between them and aiohttp's (httpx-aiohttp) cost about as
+much CPU as the HTTP exchange itself, and the resolver needs none of httpx's machinery,
+since it follows redirects itself (checking every target) and takes cookies from each
+request's context only.
 `VastTransport.client` is an `httpx.AsyncClient` over httpx-aiohttp's transport on the very same
 session (connector, connection limits, SSRF-guarded resolver, no cookie jar), for callers who
 want the httpx API.

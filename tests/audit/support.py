@@ -5,7 +5,7 @@ each, so offsets are list positions). `Simulator` writes into one the history a 
 would: one decision at a time in stream order, with the worker's own rules
 (`streams.decide.DecisionBook`, `streams.state`), so the audit must find nothing in it. Like
 the worker it remembers every impression of an identified user, also those served while the
-campaign had no cap (DESIGN.md: "fewer than `max` impressions of that user for that
+campaign had no cap (docs/design.md: "fewer than `max` impressions of that user for that
 campaign"); unlike it, it never forgets one (the worker keeps its impression history, 7 days
 by default, or the campaign's longest window if longer: `test_verify.py`,
 `test_a_cap_longer_than_the_history_...`).

@@ -173,7 +173,7 @@ def test_cap_and_budget_breaches_name_the_request_that_broke_them() -> None:
 
 
 def test_a_cap_added_later_counts_impressions_served_before_it() -> None:
-    """DESIGN.md counts every impression of the user for the campaign, so a cap introduced
+    """docs/design.md counts every impression of the user for the campaign, so a cap introduced
     by an update applies to what was served before it. The worker records every impression
     (for its impression history) and denies the fourth; a worker that forgot the uncapped
     ones would serve it, and the audit flags that."""

@@ -1,4 +1,4 @@
-"""DESIGN.md's rules, end to end: requests through a real worker, decisions read back with
+"""The design's rules, end to end: requests through a real worker, decisions read back with
 read_committed. Event times are set explicitly (hours of event time pass in seconds)."""
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ async def test_requests_overlapping_in_one_batch_decide_as_if_one_at_a_time(
 async def test_a_cap_added_later_counts_impressions_served_uncapped(
     deployment: Deployment, ad_url: str
 ) -> None:
-    # Every impression counts (DESIGN.md), whether or not a cap was configured when it was
+    # Every impression counts (docs/design.md), whether or not a cap was configured when it was
     # served: the worker records them all.
     uncapped = campaign(ad_url)
     await deployment.load(uncapped)

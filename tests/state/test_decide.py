@@ -501,7 +501,7 @@ def reference(
     history_ms: int = frequency.DEFAULT_HISTORY_MS,
 ) -> list[Expected]:
     """One request at a time in stream order, the upstream's answer known, each campaign
-    update applied where it stands: DESIGN.md by brute force over everything served before,
+    update applied where it stands: docs/design.md by brute force over everything served before,
     under whichever caps (none included) it was served. With `lateness`, a request is also
     refused as late when the state the modules keep, committed in stream order, says so."""
     rules = dict(rules)
@@ -683,7 +683,7 @@ def assert_within_caps_and_budgets(
                     assert in_window(times, end, cap.window_ms) <= cap.max
 
 
-# Within one hour of event time nothing is ever pruned or late, so DESIGN.md's rules alone say
+# Within one hour of event time nothing is ever pruned or late, so the design's rules alone say
 # what must happen; the hour straddles a UTC midnight for the daily budgets.
 within_the_hour = scenarios(start=MIDNIGHT - 30 * MINUTE, unit=UNIT, units=11, window_unit=UNIT)
 
@@ -754,7 +754,7 @@ def test_a_history_shorter_than_a_window_still_counts_the_history(
 ) -> None:
     """Caps whose windows are longer than the history, added and lengthened mid-stream, in
     event-time order: every window, cut to the history, stays within its cap (what is kept
-    counts; DESIGN.md's whole window may not, documented)."""
+    counts; the design's whole window may not, documented)."""
     rules, unordered = scenario
     ordered = iter(sorted(requests_of(unordered), key=lambda r: r.t))
     events = [e if isinstance(e, Update) else next(ordered) for e in unordered]

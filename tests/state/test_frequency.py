@@ -356,7 +356,7 @@ def test_in_order_decisions_are_exactly_the_design_rule(caps: list[Cap], times: 
     _, served = serve_all(in_order, caps)
     expected: list[int] = []
     for t in in_order:
-        # DESIGN.md: serve only if fewer than `max` served impressions lie in (t - window, t].
+        # docs/design.md: serve only if fewer than `max` served impressions lie in (t - window, t].
         if all(in_window(expected, t, cap.window_ms) < cap.max for cap in caps):
             expected.append(t)
     assert served == expected

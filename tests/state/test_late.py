@@ -1,6 +1,6 @@
 """The late rule: a capped request is refused as late only when its windows reach behind what
 may have been dropped for its own (user, campaign), and every other one is decided exactly as
-DESIGN.md says from the complete history, however far other users' event times run ahead.
+docs/design.md says from the complete history, however far other users' event times run ahead.
 
 `Partition` runs one partition of the decide stage on the modules it uses (`DecisionBook`,
 `streams.state.frequency`, `ExpiryIndex.sweep`): requests decided in stream order while earlier
@@ -174,7 +174,7 @@ class Partition:
 
 
 def check_against_complete_history(partition: Partition, stream: Sequence[Request]) -> int:
-    """Every decision but a late refusal is DESIGN.md's, one at a time in stream order from
+    """Every decision but a late refusal is the design's, one at a time in stream order from
     everything served before it; a late refusal only where its windows reach behind what its
     key had lost; no cap ever exceeded. Returns the number of late refusals."""
     served: dict[tuple[str, str], list[int]] = {}
