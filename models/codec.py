@@ -37,6 +37,8 @@ MIN_TIMESTAMP_MS = 946_684_800_000
 MAX_TIMESTAMP_MS = 4_102_444_800_000
 MAX_COOKIES = 64
 MAX_COOKIE_BYTES = 4096
+MAX_AHEAD_OF_RECORD_MS = 60_000
+"""How far an event time may run ahead of its record's timestamp (edge clock skew)."""
 
 InvalidReason = Literal["oversize", "undecodable", "invalid", "schema_version"]
 
@@ -225,3 +227,14 @@ def decode_campaign_record(key: str, value: bytes) -> Campaign:
             "invalid", f"key {key!r} is not the campaign_id {campaign.campaign_id!r}"
         )
     return campaign
+
+
+def check_event_time(event_ms: int, record_ms: int) -> None:
+    """The broker refuses records stamped far in the future, so a decision for an event time
+    far ahead of its record's could never be written: such a request is refused up front."""
+    if event_ms > record_ms + MAX_AHEAD_OF_RECORD_MS:
+        raise InvalidEvent(
+            "invalid",
+            f"context.timestamp {event_ms} is ahead of the record's timestamp {record_ms} "
+            f"by more than {MAX_AHEAD_OF_RECORD_MS} ms",
+        )

@@ -17,8 +17,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from models.codec import InvalidEvent, decode_campaign, encode
 from models.events import Campaign
-from streams.app import Partitions
-from streams.topics import Topics
+from streams.topics import Partitions, Topics
 
 # Records carry their event time as timestamp, so time-based retention would delete a replay
 # or a backfill within minutes of writing it: the topics keep everything unless told otherwise.
@@ -35,7 +34,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Part
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        existing = await _partition_counts(admin, [*topics.public, topics.by_campaign])
+        existing = await partition_counts(admin, [*topics.public, topics.by_campaign])
         campaign_partitions = existing.get(topics.campaigns, partitions)
         wanted = {name: partitions for name in topics.public}
         wanted[topics.campaigns] = campaign_partitions
@@ -77,7 +76,7 @@ async def ensure_changelogs(bootstrap: str, changelogs: Mapping[str, int]) -> No
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        existing = await _partition_counts(admin, list(changelogs))
+        existing = await partition_counts(admin, list(changelogs))
         missing = [
             NewTopic(name, num_partitions=count, replication_factor=1, topic_configs=COMPACTED)
             for name, count in changelogs.items()
@@ -97,7 +96,7 @@ async def _created(
     """Partition counts of `names`, once the cluster's metadata shows every one of them."""
     deadline = time.monotonic() + timeout_s
     while True:
-        counts = await _partition_counts(admin, names)
+        counts = await partition_counts(admin, names)
         if all(name in counts for name in names):
             return counts
         if time.monotonic() > deadline:
@@ -105,7 +104,8 @@ async def _created(
         await asyncio.sleep(0.1)
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+async def partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """The partition count of each of `names` that exists."""
     # Describing a missing topic can make a broker auto-create it with default settings,
     # so only topics that already exist are described.
     existing = set(await admin.list_topics())

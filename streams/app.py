@@ -47,20 +47,13 @@ from streams.stages.route import Router
 from streams.state.frequency import Impressions
 from streams.state.spend import Spend
 from streams.tables import RawTable, Tables, frequency_key
-from streams.topics import Topics
+from streams.topics import Partitions, Topics
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 # aiohttp takes the charset separately, so Prometheus' own constant (which names it) won't do.
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
-
-
-class Partitions(msgspec.Struct, frozen=True):
-    """How the worker's source topics are partitioned (tables follow their sources)."""
-
-    requests: int
-    campaigns: int
 
 
 class Worker(msgspec.Struct):

@@ -30,3 +30,10 @@ class Topics(msgspec.Struct, frozen=True):
     @property
     def public(self) -> tuple[str, ...]:
         return (self.requests, self.campaigns, self.served, self.denied, self.dlq)
+
+
+class Partitions(msgspec.Struct, frozen=True):
+    """How the worker's source topics are partitioned (tables follow their sources)."""
+
+    requests: int
+    campaigns: int

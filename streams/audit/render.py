@@ -13,7 +13,7 @@ import msgspec
 from models.money import from_micros
 from streams.audit.findings import MEANING, Summary
 from streams.audit.window import Window, iso
-from streams.demo.summary import _table
+from streams.plain_table import plain_table
 
 _TOPIC_NAMES = {
     "campaigns": "campaigns",
@@ -98,7 +98,7 @@ def as_text(summary: Summary, topics_label: str, seconds: float) -> str:
         f"window: {_window(summary).describe()}",
         f"read {sum(summary.records.values()):,} records in {seconds:.1f} s ({read})",
         "",
-        _table(["", "count", ""], counts, left={0, 2}),
+        plain_table(["", "count", ""], counts, left={0, 2}),
         "",
         "spend of the served decisions (exact)",
     ]
@@ -107,7 +107,7 @@ def as_text(summary: Summary, topics_label: str, seconds: float) -> str:
             [row.campaign_id, row.currency, f"{row.served:,}", from_micros(row.micros)]
             for row in summary.spend
         ]
-        sections.append(_table(["campaign", "cur", "served", "spent"], rows, left={0, 1}))
+        sections.append(plain_table(["campaign", "cur", "served", "spent"], rows, left={0, 1}))
     else:
         sections.append("  (nothing served)")
     ledger = summary.ledger
@@ -129,8 +129,8 @@ def as_text(summary: Summary, topics_label: str, seconds: float) -> str:
     listed = [[v.request_id or "-", v.kind, v.detail] for v in summary.violations]
     sections += [
         f"VIOLATIONS: {len(summary.violations):,}",
-        _table(["kind", "count", "meaning"], kinds, left={0, 2}),
+        plain_table(["kind", "count", "meaning"], kinds, left={0, 2}),
         "",
-        _table(["request_id", "kind", "detail"], listed, left={0, 1, 2}),
+        plain_table(["request_id", "kind", "detail"], listed, left={0, 1, 2}),
     ]
     return "\n".join(sections)

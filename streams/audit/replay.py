@@ -29,7 +29,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.admin import _partition_counts
+from streams.admin import partition_counts
 from streams.audit.findings import Record, TopicKind
 from streams.audit.verify import REQUEST_CONTEXT_MS, Auditor
 from streams.topics import Topics
@@ -119,7 +119,7 @@ async def _partition_counts_of(bootstrap: str, names: list[str]) -> dict[str, in
         raise ReplayError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         # Describes existing topics only: describing a missing one may auto-create it.
-        return await _partition_counts(admin, names)
+        return await partition_counts(admin, names)
     finally:
         await admin.close()
 

@@ -36,7 +36,7 @@ from typing import Any, get_args
 
 import msgspec
 
-from models.codec import InvalidEvent, decode, decode_request
+from models.codec import InvalidEvent, check_event_time, decode, decode_request
 from models.context import user_id_of
 from models.events import AdDenied, AdServed, DenialReason
 from models.money import MoneyError, from_micros, to_micros
@@ -53,7 +53,6 @@ from streams.audit.window import Window, iso
 from streams.decide import DecisionBook, Deny
 from streams.decisions import Decision
 from streams.invariants import budget_breaches, cap_breaches, spend_by_campaign, spend_by_day
-from streams.stages.route import check_event_time
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
 

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import get_args
@@ -25,6 +25,7 @@ from streams.invariants import (
     spend_by_campaign,
     spend_by_day,
 )
+from streams.plain_table import plain_table
 from streams.state.campaigns import CampaignRules, Cap
 
 DENIAL_REASONS: tuple[str, ...] = get_args(DenialReason)
@@ -222,20 +223,6 @@ def _cap_rows(
 # Rendering.
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Collection[int]) -> str:
-    """Columns padded to their widest cell; those in `left` flush left, the others right."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = (
-            cell.ljust(width) if i in left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        )
-        return "  " + "  ".join(padded).rstrip()
-
-    return "\n".join([line(header), *(line(row) for row in rows)])
-
-
 def _share(part: int, whole: int) -> str:
     return "-" if not whole else f"{Decimal(part * 100) / whole:.1f}%"
 
@@ -297,14 +284,14 @@ def render(summary: Summary) -> str:
     sections = [
         f"decisions: {decided:,} for {summary.requests:,} valid distinct requests "
         "(read_committed: ad-served, ad-denied)",
-        _table(["outcome", "reason", "count", "share"], outcomes, left={0, 1}),
+        plain_table(["outcome", "reason", "count", "share"], outcomes, left={0, 1}),
         "",
         f"dead letters (ad-requests-dlq): {sum(summary.dead_letters.values())}"
         + (f" ({letters})" if letters else ""),
         f"duplicates: {summary.resent} requests re-sent, {summary.duplicates} decided twice",
         "",
         "spend against budget (exact, from the served events; tables: the worker's own)",
-        _table(
+        plain_table(
             [
                 "campaign",
                 "cur",
@@ -322,7 +309,7 @@ def render(summary: Summary) -> str:
         ),
         "",
         "frequency caps: the most ads one user got in any window of each cap",
-        _table(["campaign", "cap", "peak", "user", "denied", ""], caps, left={0, 1, 3, 5}),
+        plain_table(["campaign", "cap", "peak", "user", "denied", ""], caps, left={0, 1, 3, 5}),
         "",
     ]
     if summary.ok:

@@ -15,7 +15,7 @@ from typing import Any
 
 from faust.types import EventT
 
-from models.codec import InvalidEvent, decode_request
+from models.codec import InvalidEvent, check_event_time, decode_request
 from streams.faust_patches import event_context
 from streams.metrics import Metrics
 from streams.stages.outputs import Outputs
@@ -23,9 +23,6 @@ from streams.state.expiry import ExpiryIndex, rebuilt
 from streams.tables import DEDUPE_WINDOW_MS, SeenRequest, TypedTable
 
 log = logging.getLogger(__name__)
-
-MAX_AHEAD_OF_RECORD_MS = 60_000
-"""How far an event time may run ahead of its record's timestamp (edge clock skew)."""
 
 
 class Router:
@@ -85,15 +82,4 @@ class Router:
         self.expiry.observe(partition, context.timestamp)
         await self.outputs.send(
             event, self.by_campaign_topic, request.campaign_id.encode(), value, context.timestamp
-        )
-
-
-def check_event_time(event_ms: int, record_ms: int) -> None:
-    """The broker refuses records stamped far in the future, so a decision for an event time
-    far ahead of its record's could never be written: such a request is refused up front."""
-    if event_ms > record_ms + MAX_AHEAD_OF_RECORD_MS:
-        raise InvalidEvent(
-            "invalid",
-            f"context.timestamp {event_ms} is ahead of the record's timestamp {record_ms} "
-            f"by more than {MAX_AHEAD_OF_RECORD_MS} ms",
         )
