@@ -62,6 +62,14 @@ class Reservation:
         identified user does, capped campaign or not (a cap added later counts it)."""
         return self.user_id is not None
 
+    def record(self, impressions: Impressions) -> None:
+        """What serving it does to its user's impressions of its campaign (if `recorded`)."""
+        frequency.record(impressions, self.t, self.keep_ms, self.keep_count)
+
+    def charge(self, spent: Spend) -> None:
+        """What serving it does to its campaign's spend."""
+        spend.charge(spent, self.cost, self.t)
+
 
 class DecisionBook:
     """The reservations pending in one worker; `evaluate` weighs a request against them."""
@@ -71,9 +79,9 @@ class DecisionBook:
         self.history_ms = history_ms
         """The impression history horizon (`ADSTREAM_IMPRESSION_HISTORY_S`)."""
 
-    def keep_ms(self, rules: CampaignRules) -> int:
-        """How much impression history a campaign with these rules keeps."""
-        return frequency.kept_ms(rules.longest_window_ms, self.history_ms)
+    def keep_ms(self, rules: CampaignRules | None) -> int:
+        """How much impression history a campaign with these rules (None: deleted) keeps."""
+        return frequency.kept_ms(rules.longest_window_ms if rules else 0, self.history_ms)
 
     def keep_count(self, rules: CampaignRules) -> int:
         """How many impression times a campaign with these rules keeps at most."""
@@ -144,7 +152,7 @@ class DecisionBook:
             # past t's windows, which one-at-a-time decisions would refuse as late.
             with_pending = Impressions(list(impressions.times), impressions.horizon)
             for r in mine:
-                frequency.record(with_pending, r.t, r.keep_ms, r.keep_count)
+                r.record(with_pending)
             if frequency.is_late(with_pending, rules.caps, t) or (
                 frequency.blocking_cap(with_pending.times, rules.caps, t) is not None
             ):
@@ -164,7 +172,7 @@ class DecisionBook:
         # As if every pending one were served: a later day among them also drops old days.
         with_pending = Spend(spent.lifetime, dict(spent.daily), spent.oldest_day)
         for r in ours:
-            spend.charge(with_pending, r.cost, r.t)
+            r.charge(with_pending)
         if spend.exceeded_budget(with_pending, rules.cost_micros, t, *limits):
             return Wait(frozenset(r.request_id for r in ours))
         return None

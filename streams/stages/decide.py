@@ -33,7 +33,7 @@ from streams.decide import DecisionBook, Deny, Reservation, Wait
 from streams.faust_patches import event_context
 from streams.metrics import Metrics
 from streams.stages.outputs import Outputs
-from streams.state import frequency, spend
+from streams.state import frequency
 from streams.state.campaigns import CampaignRules
 from streams.state.expiry import ExpiryIndex, rebuilt
 from streams.state.frequency import Impressions
@@ -99,9 +99,6 @@ class Decider:
         *,
         history_ms: int = frequency.DEFAULT_HISTORY_MS,
     ) -> None:
-        self.history_ms = history_ms
-        """The impression history horizon (`ADSTREAM_IMPRESSION_HISTORY_S`): every served
-        impression of an identified user is kept at least this long in event time."""
         self.outputs = outputs
         self.tables = tables
         self.topics = topics
@@ -109,6 +106,10 @@ class Decider:
         self.metrics = metrics
         self.lookaside = lookaside
         self.expiry = ExpiryIndex()
+        self.book = DecisionBook(history_ms)
+        """The reservations pending (none between batches), and how long impressions are
+        kept: `history_ms` is the impression history horizon (`ADSTREAM_IMPRESSION_HISTORY_S`),
+        every served impression of an identified user is kept at least this long."""
 
     async def rebuild_expiry(self) -> None:
         """After a restore: index what the frequency table holds, so it ages out."""
@@ -127,9 +128,7 @@ class Decider:
 
     def _kept_ms(self, campaign_id: str) -> int:
         """How long impressions of this campaign are kept, in event time."""
-        rules = self.tables.campaigns.get(campaign_id)
-        longest = rules.longest_window_ms if rules else 0
-        return frequency.kept_ms(longest, self.history_ms)
+        return self.book.keep_ms(self.tables.campaigns.get(campaign_id))
 
     def _expires_at(self, key: str, entry: CapEntry) -> int:
         return frequency.expires_at(entry.impressions, self._kept_ms(split_frequency_key(key)[0]))
@@ -266,7 +265,7 @@ class _Batch:
     def __init__(self, decider: Decider, started: float) -> None:
         self.decider = decider
         self.started = started
-        self.book = DecisionBook(decider.history_ms)
+        self.book = decider.book
         self.pending: dict[str, _Pending] = {}
         self.changes = StateChanges()
 
@@ -359,9 +358,7 @@ class _Batch:
         if reservation.recorded and reservation.user_id is not None:
             key = frequency_key(rules.campaign_id, reservation.user_id)
             entry = tables.frequency.get(key) or CapEntry(Impressions(), event.message.partition)
-            frequency.record(
-                entry.impressions, reservation.t, reservation.keep_ms, reservation.keep_count
-            )
+            reservation.record(entry.impressions)
             tables.frequency.set(key, entry, event)
             self.decider.expiry.add(
                 entry.partition, key, frequency.expires_at(entry.impressions, reservation.keep_ms)
@@ -369,6 +366,6 @@ class _Batch:
             if rules.caps:  # the lookaside answers for capped campaigns only
                 self.changes.caps[key] = (entry.impressions, rules)
         spent = tables.spend.get(rules.campaign_id) or Spend()
-        spend.charge(spent, reservation.cost, reservation.t)
+        reservation.charge(spent)
         tables.spend.set(rules.campaign_id, spent, event)
         self.changes.spend[rules.campaign_id] = (spent, rules)
