@@ -212,11 +212,12 @@ async def create_topics(bootstrap: str, partitions: Mapping[str, int], compacted
         )
         # Producing before every partition has a leader only earns retries and warnings.
         while True:
-            cluster = await admin._client.fetch_all_metadata()
-            if all(
-                len(cluster.available_partitions_for_topic(name) or ()) == count
-                for name, count in partitions.items()
-            ):
+            described = await admin.describe_topics(list(partitions))
+            led = {
+                topic["topic"]: sum(1 for p in topic["partitions"] if p["leader"] >= 0)
+                for topic in described
+            }
+            if all(led.get(name) == count for name, count in partitions.items()):
                 return
             await asyncio.sleep(0.1)
     finally:

@@ -36,6 +36,7 @@ from streams.faust_patches import (
     check_restores,
     event_context,
     keep_fetched_records,
+    learn_partitions,
     tune_clients,
 )
 from streams.lookaside import StateView, cap_view, spend_view
@@ -212,10 +213,7 @@ def create_worker(
 
     @app.task  # type: ignore[untyped-decorator]
     async def learn_where_campaigns_live() -> None:
-        # Faust routes a table request by the changelog topic's partitions as its producer
-        # knows them; on a fresh broker it has never asked, and every routed request fails.
-        producer = cast(Any, app.producer)._ensure_producer()
-        await producer.partitions_for(tables.spend.table.changelog_topic.get_topic_name())
+        await learn_partitions(app, tables.spend.table.changelog_topic.get_topic_name())
         routable.set()
 
     @app.page("/adstream/ready/")

@@ -98,7 +98,7 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -716,3 +716,11 @@ class TransactionalSender:
             topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms
         )
         return future
+
+
+async def learn_partitions(app: faust.App, topic: str) -> None:
+    """Make the app's producer ask the broker where `topic`'s partitions are. Faust routes a
+    table request (`app.table_route`) by the changelog topic's partitions as its producer
+    knows them; on a fresh broker it has never asked, and every routed request fails."""
+    producer = cast(Any, app.producer)._ensure_producer()
+    await producer.partitions_for(topic)

@@ -95,12 +95,12 @@ class Auditor:
         self.history_ms = history_ms
         self.configs = ConfigHistory()
         self.records: Counter[str] = Counter()
-        self._requests: defaultdict[str, list[_Request]] = defaultdict(list)
-        self._decisions: defaultdict[str, list[Decision]] = defaultdict(list)
-        self._messages = 0
-        self._valid = 0
-        self._invalid: Counter[str] = Counter()
-        self._undecodable: list[Violation] = []
+        self.requests: defaultdict[str, list[_Request]] = defaultdict(list)
+        self.decisions: defaultdict[str, list[Decision]] = defaultdict(list)
+        self.messages = 0
+        self.valid = 0
+        self.invalid: Counter[str] = Counter()
+        self.undecodable: list[Violation] = []
 
     def add(self, kind: TopicKind, record: Record) -> None:
         self.records[kind] += 1
@@ -121,14 +121,14 @@ class Auditor:
             check_event_time(request.context.timestamp, record.timestamp)
         except InvalidEvent as exc:
             if record.timestamp in self.window:
-                self._messages += 1
-                self._invalid[exc.reason] += 1
+                self.messages += 1
+                self.invalid[exc.reason] += 1
             return
         context = request.context
         if context.timestamp in self.window:
-            self._messages += 1
-            self._valid += 1
-        self._requests[context.request_id].append(
+            self.messages += 1
+            self.valid += 1
+        self.requests[context.request_id].append(
             _Request(
                 record.partition,
                 record.offset,
@@ -154,7 +154,7 @@ class Auditor:
             )
         except InvalidEvent as exc:
             if record.timestamp in self.window:
-                self._undecodable.append(
+                self.undecodable.append(
                     Violation(
                         "undecodable_decision",
                         None,
@@ -184,7 +184,7 @@ class Auditor:
         decision = Decision(
             "served" if kind == "served" else "denied", payload, record.offset, record.partition
         )
-        self._decisions[event.request_id].append(decision)
+        self.decisions[event.request_id].append(decision)
 
     def finish(self) -> Audit:
         return _Verification(self).run()
@@ -197,7 +197,7 @@ class _Verification:
         self.auditor = auditor
         self.window = auditor.window
         self.configs = auditor.configs
-        self.violations: list[Violation] = list(auditor._undecodable)
+        self.violations: list[Violation] = list(auditor.undecodable)
         self.kept: dict[str, list[Decision]] = {}
         """Per request_id, the decisions that count (one per request needing one)."""
         self.matched: dict[str, _Request] = {}
@@ -210,7 +210,7 @@ class _Verification:
 
     def run(self) -> Audit:
         auditor = self.auditor
-        for request_id in auditor._requests.keys() | auditor._decisions.keys():
+        for request_id in auditor.requests.keys() | auditor.decisions.keys():
             self._account(request_id)
         kept = [d for decisions in self.kept.values() for d in decisions]
         served = [d for d in kept if d.topic == "served"]
@@ -234,7 +234,7 @@ class _Verification:
         window = self.window
         fresh: list[_Request] = []
         for request in sorted(
-            self.auditor._requests.get(request_id, ()),
+            self.auditor.requests.get(request_id, ()),
             key=lambda r: (r.timestamp, r.partition, r.offset),
         ):
             if all(abs(request.timestamp - f.timestamp) > DUPLICATE_WINDOW_MS for f in fresh):
@@ -244,7 +244,7 @@ class _Verification:
                 self.duplicates += request.timestamp in window
         # A served decision counts before a denial: it is the one that was charged.
         decisions = sorted(
-            self.auditor._decisions.get(request_id, ()),
+            self.auditor.decisions.get(request_id, ()),
             key=lambda d: (d.topic != "served", d.partition, d.offset),
         )
         kept, extra = decisions[: max(1, len(fresh))], decisions[max(1, len(fresh)) :]
@@ -478,9 +478,9 @@ class _Verification:
             window_start_ms=self.window.start_ms,
             window_end_ms=self.window.end_ms,
             records=dict(auditor.records),
-            requests=auditor._messages,
-            valid=auditor._valid,
-            dead_lettered=dict(sorted(auditor._invalid.items())),
+            requests=auditor.messages,
+            valid=auditor.valid,
+            dead_lettered=dict(sorted(auditor.invalid.items())),
             duplicates=self.duplicates,
             distinct=self.distinct,
             served=len(served),

@@ -68,6 +68,10 @@ class CircuitBreaker:
         self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}
 
+    def __len__(self) -> int:
+        """How many endpoints it tracks (at most `MAX_TRACKED_ENDPOINTS`)."""
+        return len(self._endpoints)
+
     def allows(self, url: str) -> bool:
         """Whether a request to `url` may go out now."""
         if not self._endpoints:  # nothing has timed out: the usual case, and no URL parsing

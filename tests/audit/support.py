@@ -92,7 +92,7 @@ class History:
 
     log: list[Entry] = field(default_factory=list)
 
-    def _append(
+    def append(
         self, kind: TopicKind, key: bytes | None, value: bytes | None, t: int, p: int
     ) -> int:
         offset = sum(1 for e in self.log if e[0] == kind and e[4] == p)
@@ -100,29 +100,29 @@ class History:
         return offset
 
     def campaign(self, config: Campaign, key: str | None = None) -> CampaignRules:
-        offset = self._append(
+        offset = self.append(
             "campaigns", (key or config.campaign_id).encode(), encode(config), 0, 0
         )
         return CampaignRules.from_campaign(config, offset)
 
     def delete(self, campaign_id: str) -> int:
-        return self._append("campaigns", campaign_id.encode(), None, 0, 0)
+        return self.append("campaigns", campaign_id.encode(), None, 0, 0)
 
     def raw_campaign(self, key: str, value: bytes) -> int:
-        return self._append("campaigns", key.encode(), value, 0, 0)
+        return self.append("campaigns", key.encode(), value, 0, 0)
 
     def request(self, ad_request: AdRequest, partition: int = 0) -> None:
         context = ad_request.context
-        self._append(
+        self.append(
             "requests", user_key(context).encode(), encode(ad_request), context.timestamp, partition
         )
 
     def raw_request(self, value: bytes | None, timestamp: int, partition: int = 0) -> None:
-        self._append("requests", b"raw", value, timestamp, partition)
+        self.append("requests", b"raw", value, timestamp, partition)
 
     def decision(self, event: AdServed | AdDenied) -> None:
         kind: TopicKind = "served" if isinstance(event, AdServed) else "denied"
-        self._append(kind, event.campaign_id.encode(), encode(event), event.timestamp, 0)
+        self.append(kind, event.campaign_id.encode(), encode(event), event.timestamp, 0)
 
     def records(self) -> Iterable[tuple[TopicKind, Record]]:
         offsets: dict[tuple[str, int], int] = {}

@@ -81,7 +81,7 @@ def test_invalid_requests_need_no_decision_but_a_decision_for_one_is_caught() ->
     rules = history.campaign(campaign(URL, campaign_id="c"))
     # Event time more than a minute ahead of its record's timestamp: the worker refuses it.
     ahead = request("c", BASE_MS + 5 * MINUTE, "u1")
-    history._append("requests", b"u1", encode(ahead), BASE_MS, 0)
+    history.append("requests", b"u1", encode(ahead), BASE_MS, 0)
     history.decision(served(ahead, rules))
     summary = history.summary()
     assert summary.dead_lettered == {"invalid": 1}
@@ -293,7 +293,7 @@ def test_resent_after_a_day_may_be_decided_again() -> None:
 
 def test_undecodable_decision_records() -> None:
     history = History()
-    history._append("served", b"c", b'{"schema": 1}', BASE_MS, 0)
+    history.append("served", b"c", b'{"schema": 1}', BASE_MS, 0)
     summary = history.summary()
     assert [(v.kind, v.request_id) for v in summary.violations] == [("undecodable_decision", None)]
 

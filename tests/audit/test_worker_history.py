@@ -75,7 +75,7 @@ async def run(
         plan = TrafficPlan(end_ms=BASE_MS + 20 * DAY_MS, requests=700, users=40, hours=3, seed=11)
         traffic = generate(plan, configs)
         half = len(traffic.messages) // 2
-        producer = deployment._producer
+        producer = deployment.producer
         await _publish(producer, deployment.topics.requests, traffic.messages[:half])
         await deployment.load(campaign(ad_url, campaign_id="capped", caps=[(3, 3600)], cpm="3.125"))
         await _publish(producer, deployment.topics.requests, traffic.messages[half:])

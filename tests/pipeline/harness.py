@@ -137,8 +137,8 @@ class Deployment:
 
     async def start(self) -> None:
         await ensure_topics(self.bootstrap, self.topics, self.partitions)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True)
-        await self._producer.start()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=True)
+        await self.producer.start()
         await self.reader.start()
         await self.add_worker()
 
@@ -165,7 +165,7 @@ class Deployment:
         for worker in self.workers:
             worker.stop()
         await self.reader.stop()
-        await self._producer.stop()
+        await self.producer.stop()
 
     async def __aenter__(self) -> Deployment:
         await self.start()
@@ -186,22 +186,22 @@ class Deployment:
         return await self.alive_worker().state(campaign_id, user_id)
 
     async def delete_campaign(self, campaign_id: str) -> None:
-        await self._producer.send_and_wait(self.topics.campaigns, None, key=campaign_id.encode())
+        await self.producer.send_and_wait(self.topics.campaigns, None, key=campaign_id.encode())
 
     async def publish(self, *requests: AdRequest) -> list[str]:
         for item in requests:
             record = request_record(item)
-            await self._producer.send(
+            await self.producer.send(
                 self.topics.requests,
                 record.value,
                 key=record.key,
                 timestamp_ms=record.timestamp_ms,
             )
-        await self._producer.flush()
+        await self.producer.flush()
         return [item.context.request_id for item in requests]
 
     async def publish_raw(self, value: bytes | None, key: bytes | None = b"raw") -> None:
-        await self._producer.send_and_wait(self.topics.requests, value, key=key)
+        await self.producer.send_and_wait(self.topics.requests, value, key=key)
 
     async def until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         return await self.reader.until(done, timeout_s)

@@ -89,7 +89,7 @@ async def test_invalid_campaign_changes_nothing_and_is_dead_lettered(
     (version,) = await deployment.load(rules)
     before = len(deployment.dead_letters)
     broken = {**msgspec.to_builtins(rules), **change}
-    await deployment._producer.send_and_wait(
+    await deployment.producer.send_and_wait(
         deployment.topics.campaigns,
         msgspec.json.encode({key: value for key, value in broken.items() if value is not None}),
         key=rules.campaign_id.encode(),

@@ -243,7 +243,7 @@ async def publish(
     published_at: dict[str, float] | None = None,
 ) -> None:
     """Publish steadily: `chunk` messages, a flush, a pause."""
-    producer = deployment._producer
+    producer = deployment.producer
     for start in range(0, len(items), chunk):
         part = items[start : start + chunk]
         requests = [item for item in part if isinstance(item, AdRequest)]

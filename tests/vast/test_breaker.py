@@ -148,7 +148,7 @@ def test_endpoints_remembered_are_bounded(breaker: CircuitBreaker) -> None:
     for _ in range(3):
         breaker.timed_out("http://host-0.example/", lag=0.0)  # forgotten: counts from zero again
     assert not breaker.allows("http://host-0.example/")
-    assert len(breaker._endpoints) == MAX_TRACKED_ENDPOINTS
+    assert len(breaker) == MAX_TRACKED_ENDPOINTS
 
 
 def test_bad_settings_are_refused() -> None:
