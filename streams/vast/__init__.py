@@ -40,9 +40,9 @@ from streams.vast.errors import (
 )
 from streams.vast.parse import parse_vast
 from streams.vast.result import ErrorReport, Hop, ResolvedAd, ServedAd, Status, VastResult
-from streams.vast.retry import RetryMiddleware, RetryPolicy
+from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
-from streams.vast.upstream import VastUpstream
+from streams.vast.upstream import RetryMiddleware, VastUpstream
 
 __all__ = [
     "Ad",

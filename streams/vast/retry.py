@@ -5,22 +5,15 @@ timeout, a 5xx (`VastError.retryable`). A 4xx, a bad document or a refused addre
 Each hop retries on its own, and never past the chain's deadline.
 
 Two spellings of the same thing: a `RetryPolicy` given to `VastUpstream(retry=...)`, or the
-session guide's `RetryMiddleware(upstream=..., max_retries=3)` wrapping an upstream.
+session guide's `RetryMiddleware(upstream=..., max_retries=3)` wrapping an upstream
+(`streams.vast.upstream`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import msgspec
-
-from models.context import SessionContext
-
-if TYPE_CHECKING:
-    from streams.vast.result import VastResult
-    from streams.vast.upstream import VastUpstream
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -39,29 +32,3 @@ class RetryPolicy(msgspec.Struct, frozen=True):
 
 
 NO_RETRIES = RetryPolicy(max_retries=0)
-
-
-class RetryMiddleware:
-    """Wraps an upstream so that its hops are retried under `policy`."""
-
-    def __init__(
-        self,
-        upstream: VastUpstream,
-        max_retries: int = 3,
-        *,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        self.upstream = upstream
-        self.policy = policy or RetryPolicy(max_retries=max_retries)
-
-    async def fetch(
-        self,
-        url_or_params: str | Mapping[str, str] | None = None,
-        /,
-        *,
-        context: SessionContext,
-        params: Mapping[str, str] | None = None,
-    ) -> VastResult:
-        return await self.upstream.fetch(
-            url_or_params, context=context, params=params, retry=self.policy
-        )

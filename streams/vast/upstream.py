@@ -407,3 +407,29 @@ def _with_query(url: str, params: Mapping[str, str] | None) -> str:
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
+
+
+class RetryMiddleware:
+    """Wraps an upstream so that its hops are retried under `policy`."""
+
+    def __init__(
+        self,
+        upstream: VastUpstream,
+        max_retries: int = 3,
+        *,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.policy = policy or RetryPolicy(max_retries=max_retries)
+
+    async def fetch(
+        self,
+        url_or_params: str | Mapping[str, str] | None = None,
+        /,
+        *,
+        context: SessionContext,
+        params: Mapping[str, str] | None = None,
+    ) -> VastResult:
+        return await self.upstream.fetch(
+            url_or_params, context=context, params=params, retry=self.policy
+        )
