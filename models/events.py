@@ -14,11 +14,11 @@ strings ("2.50") and is turned into integer micros at the boundary (`models.mone
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from models.context import SessionContext
+from models.context import SessionContext, user_id_of
 from streams.vast.result import Hop, ServedAd
 
 SCHEMA_VERSION = 1
@@ -100,8 +100,9 @@ class Campaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     anonymous_policy: AnonymousPolicy = "deny"
 
 
-class AdServed(msgspec.Struct, frozen=True):
-    schema: int
+class RequestFields(msgspec.Struct, frozen=True):
+    """What every decision copies from its request (and an audit keeps of one)."""
+
     request_id: str
     correlator: str
     campaign_id: str
@@ -110,6 +111,23 @@ class AdServed(msgspec.Struct, frozen=True):
     """None for an anonymous user."""
     timestamp: int
     """Event time (Unix ms) of the request."""
+
+
+def request_fields(request: AdRequest) -> dict[str, Any]:
+    """The `RequestFields` of a decision on `request`, as keyword arguments."""
+    context = request.context
+    return {
+        "request_id": context.request_id,
+        "correlator": context.correlator,
+        "campaign_id": request.campaign_id,
+        "placement_id": request.placement_id,
+        "user_id": user_id_of(context),
+        "timestamp": context.timestamp,
+    }
+
+
+class AdServed(RequestFields, frozen=True):
+    schema: int
     cost: str
     currency: str
     ad: ServedAd
@@ -122,14 +140,8 @@ class AdServed(msgspec.Struct, frozen=True):
     """Offset in `campaigns` of the configuration this decision applied."""
 
 
-class AdDenied(msgspec.Struct, frozen=True):
+class AdDenied(RequestFields, frozen=True):
     schema: int
-    request_id: str
-    correlator: str
-    campaign_id: str
-    placement_id: str
-    user_id: str | None
-    timestamp: int
     reason: DenialReason
     detail: str | None
     """Which cap or budget; the IAB error code for upstream failures."""

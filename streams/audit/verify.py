@@ -34,11 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, get_args
 
-import msgspec
-
 from models.codec import InvalidEvent, check_event_time, decode, decode_request
-from models.context import user_id_of
-from models.events import AdDenied, AdServed, DenialReason
+from models.events import AdDenied, AdServed, DenialReason, RequestFields, request_fields
 from models.money import MoneyError, from_micros, to_micros
 from streams.audit.configs import ConfigHistory
 from streams.audit.findings import (
@@ -66,17 +63,11 @@ _COPIED = ("campaign_id", "placement_id", "user_id", "timestamp", "correlator")
 _STATELESS = frozenset({"campaign_unknown", "campaign_inactive", "anonymous"})
 
 
-class _Request(msgspec.Struct, frozen=True):
+class _Request(RequestFields, frozen=True):
     """What the audit keeps of one valid request message."""
 
     partition: int
     offset: int
-    request_id: str
-    correlator: str
-    campaign_id: str
-    placement_id: str
-    user_id: str | None
-    timestamp: int
 
 
 @dataclass
@@ -129,16 +120,7 @@ class Auditor:
             self.messages += 1
             self.valid += 1
         self.requests[context.request_id].append(
-            _Request(
-                record.partition,
-                record.offset,
-                context.request_id,
-                context.correlator,
-                request.campaign_id,
-                request.placement_id,
-                user_id_of(context),
-                context.timestamp,
-            )
+            _Request(**request_fields(request), partition=record.partition, offset=record.offset)
         )
 
     def _add_decision(self, kind: TopicKind, record: Record) -> None:

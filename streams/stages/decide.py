@@ -27,7 +27,14 @@ from faust.types import EventT
 
 from models.codec import MAX_RECORD_BYTES, InvalidEvent, decode, decode_campaign_record, encode
 from models.context import user_id_of
-from models.events import SCHEMA_VERSION, AdDenied, AdRequest, AdServed, DenialReason
+from models.events import (
+    SCHEMA_VERSION,
+    AdDenied,
+    AdRequest,
+    AdServed,
+    DenialReason,
+    request_fields,
+)
 from models.money import from_micros
 from streams.decide import DecisionBook, Deny, Reservation, Wait
 from streams.faust_patches import event_context
@@ -49,20 +56,6 @@ UPSTREAM_FAILURE = 900
 """IAB's 'undefined error': the resolver itself failed, which must not stop the worker."""
 TOO_LARGE = ResponseTooLarge.code
 """An ad whose `AdServed` would not fit a record is refused as its document would be."""
-
-
-def copied_from(request: AdRequest) -> dict[str, Any]:
-    """The fields every decision copies from its request."""
-    context = request.context
-    return {
-        "schema": SCHEMA_VERSION,
-        "request_id": context.request_id,
-        "correlator": context.correlator,
-        "campaign_id": request.campaign_id,
-        "placement_id": request.placement_id,
-        "user_id": user_id_of(context),
-        "timestamp": context.timestamp,
-    }
 
 
 class Resolver(Protocol):
@@ -190,7 +183,11 @@ class Decider:
     ) -> None:
         context = request.context
         denied = AdDenied(
-            **copied_from(request), reason=reason, detail=detail, campaign_version=version
+            **request_fields(request),
+            schema=SCHEMA_VERSION,
+            reason=reason,
+            detail=detail,
+            campaign_version=version,
         )
         await self._emit(event, self.topics.denied, request, encode(denied), started)
         self.metrics.decisions.labels(outcome="denied", reason=reason).inc()
@@ -210,7 +207,8 @@ class Decider:
         ad = result.ads[0]
         served = encode(
             AdServed(
-                **copied_from(request),
+                **request_fields(request),
+                schema=SCHEMA_VERSION,
                 cost=from_micros(rules.cost_micros),
                 currency=rules.currency,
                 ad=ad.served(),

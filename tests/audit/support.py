@@ -23,13 +23,20 @@ import msgspec
 
 from models.codec import encode
 from models.context import user_id_of, user_key
-from models.events import AdDenied, AdRequest, AdServed, Campaign, DenialReason
+from models.events import (
+    SCHEMA_VERSION,
+    AdDenied,
+    AdRequest,
+    AdServed,
+    Campaign,
+    DenialReason,
+    request_fields,
+)
 from models.money import from_micros
 from streams.audit.findings import Record, Summary, TopicKind
 from streams.audit.verify import Audit, Auditor
 from streams.audit.window import Window
 from streams.decide import DecisionBook, Deny
-from streams.stages.decide import copied_from
 from streams.state import spend
 from streams.state.campaigns import CampaignRules
 from streams.state.frequency import Impressions
@@ -61,7 +68,8 @@ def served(
     version: int | None = None,
 ) -> AdServed:
     return AdServed(
-        **copied_from(ad_request),
+        **request_fields(ad_request),
+        schema=SCHEMA_VERSION,
         cost=from_micros(rules.cost_micros) if cost is None else cost,
         currency=rules.currency if currency is None else currency,
         ad=AD,
@@ -78,7 +86,11 @@ def denied(
     detail: str | None = None,
 ) -> AdDenied:
     return AdDenied(
-        **copied_from(ad_request), reason=reason, detail=detail, campaign_version=version
+        **request_fields(ad_request),
+        schema=SCHEMA_VERSION,
+        reason=reason,
+        detail=detail,
+        campaign_version=version,
     )
 
 
