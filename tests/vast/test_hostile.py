@@ -236,8 +236,10 @@ async def test_the_ssrf_guard_covers_wrapped_tags(
     assert server.seen(private) == []
 
 
-def within_ten_percent(elapsed: float, deadline: float) -> bool:
-    return deadline <= elapsed <= deadline * 1.1
+def cut_at(elapsed: float, deadline: float, slack: float = 1.0) -> bool:
+    """Ended at the deadline, not when the slow upstream would have: the slack is generous,
+    since a busy machine may answer late; the real figures are `bench.vast_resolver`'s."""
+    return deadline <= elapsed < deadline + slack
 
 
 async def test_a_slow_upstream_is_cut_at_the_chain_deadline(
@@ -249,7 +251,7 @@ async def test_a_slow_upstream_is_cut_at_the_chain_deadline(
         result = await upstream.fetch(slow, context=context)
         elapsed = time.perf_counter() - started
     assert (result.status, result.error_code) == ("error", 301)
-    assert within_ten_percent(elapsed, 0.5), elapsed
+    assert cut_at(elapsed, 0.5), elapsed
     assert result.chain[0].status == 0
 
 
@@ -262,7 +264,7 @@ async def test_a_slow_hop_is_cut_at_the_hop_timeout(
         result = await upstream.fetch(server.add(vast(wrapper(slow))), context=context)
         elapsed = time.perf_counter() - started
     assert result.error_code == 301
-    assert within_ten_percent(elapsed, 0.4), elapsed
+    assert cut_at(elapsed, 0.4), elapsed
 
 
 async def test_the_deadline_holds_over_a_chain_of_slowish_hops_with_retries(
@@ -280,5 +282,5 @@ async def test_the_deadline_holds_over_a_chain_of_slowish_hops_with_retries(
         result = await upstream.fetch(url, context=context)
         elapsed = time.perf_counter() - started
     assert result.error_code == 301
-    assert within_ten_percent(elapsed, 0.6), elapsed
+    assert cut_at(elapsed, 0.6, slack=0.35), elapsed  # all four hops would take 1 s
     assert len(result.chain) == 3  # two hops done, the third cut by the deadline

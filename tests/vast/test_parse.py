@@ -163,7 +163,7 @@ def test_a_doctype_is_refused_up_front(body: bytes) -> None:
     with pytest.raises(ForbiddenDoctype) as raised:
         parse_vast(body)
     assert raised.value.code == 100
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 1.0  # refused before anything is expanded
 
 
 def test_a_doctype_inside_cdata_is_content_not_a_declaration() -> None:
