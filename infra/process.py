@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,15 +96,20 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Spawned by pid, not through a Popen: the service outlives this object (and the CLI
+        # that started it), which a Popen would report as a leak when collected.
         with self.log_path.open("ab") as log:
-            proc = subprocess.Popen(
+            self.pid = os.posix_spawnp(
+                self.argv[0],
                 self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
+                    (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
+                ],
+                setsid=True,
             )
-        self.pid = proc.pid
 
     def wait_ready(self, ready: Callable[[], bool], timeout_s: float) -> None:
         """Poll `ready` until it answers True; fail early if the process dies."""
