@@ -8,7 +8,7 @@ exchange itself, and the resolver needs none of httpx's machinery, since it foll
 itself (checking every target) and takes cookies from each request's context only.
 `VastTransport.client` is an `httpx.AsyncClient` over httpx-aiohttp's transport on the very same
 session (connector, connection limits, SSRF-guarded resolver, no cookie jar), for callers who
-want the httpx API.
+want the httpx API; every URL it requests passes the same check as the resolver's own.
 
 Hostile upstreams meet: a body cap enforced while streaming (after decompression, so a gzip
 bomb stops at the cap), a redirect cap, http and https only, and the opt-in SSRF guard
@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 
@@ -39,6 +39,7 @@ from streams.vast.errors import (
     TooManyRedirects,
     UpstreamTimeout,
     UpstreamUnavailable,
+    VastError,
 )
 from streams.vast.guard import AddressPolicy, GuardedResolver, IPNetwork, RefusedAddress
 
@@ -93,11 +94,10 @@ class VastTransport:
             "Accept-Encoding": "gzip, deflate",
         }
         self._session: aiohttp.ClientSession | None = None
-        self._transport = AiohttpTransport(client=self._open_session)
         # The httpx API on this transport's session, for callers who want it; the resolver's
         # own GETs do not go through it (see the module docstring).
         self.client = httpx.AsyncClient(
-            transport=self._transport,
+            transport=_CheckedTransport(AiohttpTransport(client=self._open_session), self._check),
             headers=self._headers,
             # A jar whose policy accepts no cookie: nothing a response sets can reach another
             # user's request, even through `client` used directly.
@@ -223,6 +223,27 @@ class VastTransport:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class _CheckedTransport(httpx.AsyncBaseTransport):
+    """httpx's way into the session, checked as the resolver's own GETs are: aiohttp connects
+    to an IP literal without asking the guarded resolver."""
+
+    def __init__(
+        self, transport: httpx.AsyncBaseTransport, check: Callable[[str], yarl.URL]
+    ) -> None:
+        self._transport = transport
+        self._check = check
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            self._check(str(request.url))  # the very string httpx-aiohttp hands to aiohttp
+        except VastError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
 
 
 def _origin(url: yarl.URL) -> tuple[str, str | None, int | None]:

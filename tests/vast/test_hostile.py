@@ -8,6 +8,7 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -221,6 +222,21 @@ async def test_the_ssrf_guard_refuses_non_global_hosts(
         with pytest.raises(error):
             await guarded.get(url.replace(f"127.0.0.1:{port}", f"{host}:{port}"))
     assert server.seen(url) == []
+
+
+async def test_the_ssrf_guard_covers_the_httpx_client(server: VastServer) -> None:
+    # An IP literal skips aiohttp's resolver, where names are checked: the client checks it.
+    url = server.add(vast(inline()))
+    elsewhere = loopback_two(url)
+    async with VastTransport(
+        block_private_addresses=True, allowed_networks=["127.0.0.1/32"]
+    ) as guarded:
+        assert (await guarded.client.get(url)).status_code == 200
+        with pytest.raises(httpx.ConnectError, match="not a global address"):
+            await guarded.client.get(elsewhere)
+    assert len(server.seen(url)) == 1
+    async with VastTransport() as unguarded:  # the same URL answers with the guard off
+        assert (await unguarded.client.get(elsewhere)).status_code == 200
 
 
 async def test_the_ssrf_guard_covers_wrapped_tags(
