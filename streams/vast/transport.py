@@ -10,9 +10,9 @@ itself (checking every target) and takes cookies from each request's context onl
 session (connector, connection limits, SSRF-guarded resolver, no cookie jar), for callers who
 want the httpx API; every URL it requests passes the same check as the resolver's own.
 
-Hostile upstreams meet: a body cap enforced while streaming (after decompression, so a gzip
-bomb stops at the cap), a redirect cap, http and https only, and the opt-in SSRF guard
-(`streams.vast.guard`).
+Hostile upstreams meet: a body cap enforced while streaming (on the bytes received and on
+what they decompress to, so a gzip bomb stops at the cap), a redirect cap, http and https
+only, and the opt-in SSRF guard (`streams.vast.guard`).
 """
 
 from __future__ import annotations
@@ -299,19 +299,27 @@ class _InflatedBody(_Body):
 
     aiohttp's and httpx's decoders inflate a whole chunk at once, so a 16 KiB chunk of a gzip
     bomb would become ~16 MiB in memory before any check; here zlib stops one byte past the cap.
+    The compressed bytes count against the cap as well: empty deflate blocks inflate to
+    nothing, and zlib sets aside, uncounted, whatever follows the end of the stream.
     """
 
     def __init__(self, cap: int) -> None:
         super().__init__(cap)
         self._inflater = zlib.decompressobj(_GZIP_OR_ZLIB)
+        self._received = 0
 
     def feed(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._cap:
+            raise ResponseTooLarge(f"the compressed body exceeds the {self._cap}-byte cap")
         try:
             # Output that reaches the limit is over the cap, and feed() raises on it: no
             # input is ever left unconsumed otherwise.
             super().feed(self._inflater.decompress(chunk, self._cap - self._size + 1))
         except zlib.error as exc:
             raise DocumentError(f"corrupt compressed body: {exc}") from None
+        if self._inflater.unused_data:
+            raise DocumentError("data after the end of the compressed body")
 
     def finish(self) -> bytes:
         if not self._inflater.eof:
