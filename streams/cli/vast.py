@@ -26,6 +26,8 @@ def _params(
         key, sep, text = value.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        if key in params:  # refused, as a key given twice in an ad request is
+            raise click.BadParameter(f"{key!r} is given twice")
         params[key] = text
     return params
 
@@ -38,7 +40,8 @@ def _params(
     multiple=True,
     callback=_params,
     metavar="KEY=VALUE",
-    help="A macro value, also added to the tag's query string. Repeatable.",
+    help="A macro value, also added to the tag's query string unless the tag has that key. "
+    "Repeatable, once per KEY.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds for the whole chain.")

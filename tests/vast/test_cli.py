@@ -139,3 +139,11 @@ async def test_a_bad_network_is_a_clear_error(
     assert code in (1, 2)
     assert message in err
     assert "Traceback" not in err
+
+
+async def test_a_param_given_twice_is_a_usage_error() -> None:
+    # As in an ad request, where a key given twice is invalid: no silent choice of one.
+    args = ("--param", "account=A", "--param", "account=EVIL")
+    code, _, err = await run("vast", "resolve", "http://x.invalid/", *args)
+    assert code == 2
+    assert "'account' is given twice" in err
