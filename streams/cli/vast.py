@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import click
@@ -18,12 +19,21 @@ def vast_group() -> None:
     """VAST tags."""
 
 
+def _utf8(_context: click.Context, _param: click.Parameter, value: str) -> str:
+    # Python hands argv bytes that are not UTF-8 on as lone surrogates, which no URL can hold.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise click.BadParameter(f"{os.fsencode(value)!r} is not UTF-8") from None
+    return value
+
+
 def _params(
-    _context: click.Context, _param: click.Parameter, values: tuple[str, ...]
+    context: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> dict[str, str]:
     params = {}
     for value in values:
-        key, sep, text = value.partition("=")
+        key, sep, text = _utf8(context, param, value).partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{value!r} is not KEY=VALUE")
         if key in params:  # refused, as a key given twice in an ad request is
@@ -33,7 +43,7 @@ def _params(
 
 
 @vast_group.command()
-@click.argument("url")
+@click.argument("url", callback=_utf8)
 @click.option(
     "--param",
     "params",

@@ -147,3 +147,19 @@ async def test_a_param_given_twice_is_a_usage_error() -> None:
     code, _, err = await run("vast", "resolve", "http://x.invalid/", *args)
     assert code == 2
     assert "'account' is given twice" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"http://x.invalid/", b"--param", b"domain=caf\xe9"),  # Latin-1, as a shell may pass it
+        (b"http://x.invalid/", b"--param", b"\xff=1"),
+        (b"http://x.invalid/\xff",),
+    ],
+    ids=["value", "key", "url"],
+)
+async def test_arguments_that_are_not_utf8_are_a_usage_error(args: tuple[bytes, ...]) -> None:
+    code, _, err = await run("vast", "resolve", *args)
+    assert code == 2
+    assert "not UTF-8" in err
+    assert "Traceback" not in err
