@@ -39,7 +39,6 @@ from streams.vast.errors import (
     TooManyRedirects,
     UpstreamTimeout,
     UpstreamUnavailable,
-    VastError,
 )
 from streams.vast.guard import AddressPolicy, GuardedResolver, IPNetwork, RefusedAddress
 
@@ -238,8 +237,10 @@ class _CheckedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             self._check(str(request.url))  # the very string httpx-aiohttp hands to aiohttp
-        except VastError as exc:
+        except BlockedAddress as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
+        except InvalidUrl as exc:  # as httpx-aiohttp reports aiohttp's refusal of a URL
+            raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
         return await self._transport.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -260,11 +261,11 @@ def _cookie_header(cookies: Mapping[str, str]) -> str | None:
 
 
 async def _read(response: aiohttp.ClientResponse, headers: Mapping[str, str], cap: int) -> bytes:
+    length = headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise ResponseTooLarge(f"Content-Length {length} exceeds the {cap}-byte cap")
     encoding = headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("identity", ""):
-        length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > cap:
-            raise ResponseTooLarge(f"Content-Length {length} exceeds the {cap}-byte cap")
         body = _Body(cap)
     elif encoding in _COMPRESSED:
         body = _InflatedBody(cap)

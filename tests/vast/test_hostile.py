@@ -60,6 +60,8 @@ async def test_a_huge_declared_body_is_refused_before_reading(
 ) -> None:
     with pytest.raises(ResponseTooLarge, match="Content-Length"):
         await transport.get(server.add(b"x" * (MIB + 1)))
+    with pytest.raises(ResponseTooLarge, match="Content-Length"):  # compressed or not
+        await transport.get(server.add(b"x" * (MIB + 1), headers={"Content-Encoding": "gzip"}))
 
 
 async def stream_forever(request: web.Request) -> web.StreamResponse:
