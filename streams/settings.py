@@ -7,6 +7,7 @@ compose file needs to set nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Annotated, ClassVar, Literal
@@ -116,6 +117,18 @@ class Settings(msgspec.Struct, frozen=True):
         "log_level": "ADSTREAM_LOG_LEVEL",
     }
 
+    def __post_init__(self) -> None:
+        # A typo fails at start-up rather than as fetches refused later.
+        for network in self.allowed_network_list:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ValueError(f"allowed_networks: {exc}") from None
+
+    @property
+    def allowed_network_list(self) -> list[str]:
+        return split_networks(self.allowed_networks)
+
     @property
     def group_id(self) -> str:
         """The consumer group, and Faust's app id: the start of every internal topic name
@@ -136,3 +149,8 @@ class Settings(msgspec.Struct, frozen=True):
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings (for child processes)."""
         return {name: str(getattr(self, field)) for field, name in self.ENV_NAMES.items()}
+
+
+def split_networks(text: str) -> list[str]:
+    """The networks of a comma-separated list, as `allowed_networks` holds them."""
+    return [network.strip() for network in text.split(",") if network.strip()]

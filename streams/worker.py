@@ -39,7 +39,7 @@ def upstreams_for(
     return kind(
         VastTransport(
             block_private_addresses=settings.block_private_addresses,
-            allowed_networks=[n.strip() for n in settings.allowed_networks.split(",") if n.strip()],
+            allowed_networks=settings.allowed_network_list,
         ),
         hop_timeout=settings.hop_timeout_s,
         chain_timeout=settings.chain_timeout_s,

@@ -31,6 +31,8 @@ def test_the_ssrf_guard_is_set_from_the_environment() -> None:
     assert settings.allowed_networks == "10.0.0.0/8"
     assert Settings.from_env(settings.as_env()) == settings
     assert not Settings().block_private_addresses
+    with pytest.raises(ValueError, match="allowed_networks: 'intranet'"):
+        Settings.from_env({"ADSTREAM_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"})
 
 
 def test_the_impression_history_is_set_in_whole_seconds_of_at_least_one() -> None:

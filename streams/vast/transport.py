@@ -9,11 +9,11 @@ since it follows redirects itself (checking every target) and takes cookies from
 request's context only.
 `VastTransport.client` is an `httpx.AsyncClient` over httpx-aiohttp's transport on the very same
 session (connector, connection limits, SSRF-guarded resolver, no cookie jar), for callers who
-want the httpx API.
+want the httpx API; every URL it requests passes the same check as the resolver's own.
 
-Hostile upstreams meet: a body cap enforced while streaming (after decompression, so a gzip
-bomb stops at the cap), a redirect cap, http and https only, and the opt-in SSRF guard
-(`streams.vast.guard`).
+Hostile upstreams meet: a body cap enforced while streaming (on the bytes received and on
+what they decompress to, so a gzip bomb stops at the cap), a redirect cap, http and https
+only, and the opt-in SSRF guard (`streams.vast.guard`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 
@@ -94,11 +94,10 @@ class VastTransport:
             "Accept-Encoding": "gzip, deflate",
         }
         self._session: aiohttp.ClientSession | None = None
-        self._transport = AiohttpTransport(client=self._open_session)
         # The httpx API on this transport's session, for callers who want it; the resolver's
         # own GETs do not go through it (see the module docstring).
         self.client = httpx.AsyncClient(
-            transport=self._transport,
+            transport=_CheckedTransport(AiohttpTransport(client=self._open_session), self._check),
             headers=self._headers,
             # A jar whose policy accepts no cookie: nothing a response sets can reach another
             # user's request, even through `client` used directly.
@@ -226,6 +225,29 @@ class VastTransport:
         await self.aclose()
 
 
+class _CheckedTransport(httpx.AsyncBaseTransport):
+    """httpx's way into the session, checked as the resolver's own GETs are: aiohttp connects
+    to an IP literal without asking the guarded resolver."""
+
+    def __init__(
+        self, transport: httpx.AsyncBaseTransport, check: Callable[[str], yarl.URL]
+    ) -> None:
+        self._transport = transport
+        self._check = check
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            self._check(str(request.url))  # the very string httpx-aiohttp hands to aiohttp
+        except BlockedAddress as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except InvalidUrl as exc:  # as httpx-aiohttp reports aiohttp's refusal of a URL
+            raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
 def _origin(url: yarl.URL) -> tuple[str, str | None, int | None]:
     return url.scheme, url.raw_host, url.port
 
@@ -240,11 +262,11 @@ def _cookie_header(cookies: Mapping[str, str]) -> str | None:
 
 
 async def _read(response: aiohttp.ClientResponse, headers: Mapping[str, str], cap: int) -> bytes:
+    length = headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise ResponseTooLarge(f"Content-Length {length} exceeds the {cap}-byte cap")
     encoding = headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("identity", ""):
-        length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > cap:
-            raise ResponseTooLarge(f"Content-Length {length} exceeds the {cap}-byte cap")
         body = _Body(cap)
     elif encoding in _COMPRESSED:
         body = _InflatedBody(cap)
@@ -279,19 +301,27 @@ class _InflatedBody(_Body):
 
     aiohttp's and httpx's decoders inflate a whole chunk at once, so a 16 KiB chunk of a gzip
     bomb would become ~16 MiB in memory before any check; here zlib stops one byte past the cap.
+    The compressed bytes count against the cap as well: empty deflate blocks inflate to
+    nothing, and zlib sets aside, uncounted, whatever follows the end of the stream.
     """
 
     def __init__(self, cap: int) -> None:
         super().__init__(cap)
         self._inflater = zlib.decompressobj(_GZIP_OR_ZLIB)
+        self._received = 0
 
     def feed(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._cap:
+            raise ResponseTooLarge(f"the compressed body exceeds the {self._cap}-byte cap")
         try:
             # Output that reaches the limit is over the cap, and feed() raises on it: no
             # input is ever left unconsumed otherwise.
             super().feed(self._inflater.decompress(chunk, self._cap - self._size + 1))
         except zlib.error as exc:
             raise DocumentError(f"corrupt compressed body: {exc}") from None
+        if self._inflater.unused_data:
+            raise DocumentError("data after the end of the compressed body")
 
     def finish(self) -> bytes:
         if not self._inflater.eof:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from urllib.parse import quote, urlencode, urljoin
+from urllib.parse import quote, unquote_plus, urlencode, urljoin
 
 import msgspec
 
@@ -123,7 +123,8 @@ class VastUpstream:
         """Resolve a tag for one request.
 
         `url_or_params`: the tag URL (macros allowed), or params for the upstream's own `url`.
-        `params` fill macros and are added to the tag's query string.
+        `params` fill macros and are added to the tag's query string, except a key the query
+        has already (in any case or encoding): the tag's own values are never overridden.
         `retry` overrides the upstream's policy for this call.
         """
         if isinstance(url_or_params, str):
@@ -398,11 +399,25 @@ class _Resolution:
 
 
 def _with_query(url: str, params: Mapping[str, str] | None) -> str:
+    """`url` with `params` added to its query, except those whose key is there already.
+
+    An upstream given a key twice picks one value by its own rule, so the campaign's tag keeps
+    its values: a key is compared decoded and ignoring case, as some servers read keys.
+    """
     if not params:
         return url
     base, hash_mark, fragment = url.partition("#")
+    _, _, query = base.partition("?")
+    taken = {unquote_plus(pair.partition("=")[0]).casefold() for pair in query.split("&")}
+    added = []
+    for key, value in params.items():
+        if key.casefold() not in taken:
+            taken.add(key.casefold())
+            added.append((key, value))
+    if not added:
+        return url
     separator = "" if base.endswith(("?", "&")) else "&" if "?" in base else "?"
-    return f"{base}{separator}{urlencode(params, quote_via=quote)}{hash_mark}{fragment}"
+    return f"{base}{separator}{urlencode(added, quote_via=quote)}{hash_mark}{fragment}"
 
 
 def _ms_since(started: float) -> float:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 from urllib.parse import parse_qs
 
+import pytest
+
 from tests.upstream import VastServer, inline, vast, wrapper
 
 
-async def adstream(*args: str) -> tuple[int, str]:
+async def run(*args: str | bytes, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`adstream ARGS` with `env` added to the environment: exit code, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -19,11 +23,17 @@ async def adstream(*args: str) -> tuple[int, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode is not None
-    assert not stderr, stderr.decode()
-    return process.returncode, stdout.decode()
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def adstream(*args: str | bytes, env: dict[str, str] | None = None) -> tuple[int, str]:
+    code, out, err = await run(*args, env=env)
+    assert not err, err
+    return code, out
 
 
 async def test_resolve_json(vast_server: VastServer) -> None:
@@ -78,3 +88,78 @@ async def test_a_malformed_param_is_a_usage_error(vast_server: VastServer) -> No
     _, stderr = await process.communicate()
     assert process.returncode == 2
     assert b"is not KEY=VALUE" in stderr
+
+
+GUARD_OFF = {"ADSTREAM_BLOCK_PRIVATE_ADDRESSES": "", "ADSTREAM_ALLOWED_NETWORKS": ""}
+
+
+async def resolves(url: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    code, out = await adstream(
+        "vast", "resolve", url, "--json", *args, env={**GUARD_OFF, **(env or {})}
+    )
+    result: dict[str, Any] = json.loads(out)
+    assert code == (0 if result["status"] == "inline" else 1)
+    return result
+
+
+def refused(result: dict[str, Any]) -> bool:
+    return result["error_code"] == 301 and "not a global address" in result["errors"][0]["message"]
+
+
+async def test_the_ssrf_guard_is_turned_on_by_option_or_environment(
+    vast_server: VastServer,
+) -> None:
+    url = vast_server.add(vast(inline()))
+
+    assert refused(await resolves(url, "--block-private-addresses"))
+    on = {"ADSTREAM_BLOCK_PRIVATE_ADDRESSES": "true"}
+    assert refused(await resolves(url, env=on))
+    assert vast_server.seen(url) == []
+
+    assert (await resolves(url))["status"] == "inline"  # off by default
+    assert (await resolves(url, "--no-block-private-addresses", env=on))["status"] == "inline"
+    allowed = {**on, "ADSTREAM_ALLOWED_NETWORKS": "10.0.0.0/8, 127.0.0.1/32"}
+    assert (await resolves(url, env=allowed))["status"] == "inline"
+    assert (await resolves(url, "--allowed-networks", "127.0.0.0/8", env=on))["status"] == "inline"
+    assert refused(await resolves(url, "--allowed-networks", "10.0.0.0/8", env=allowed))
+    assert len(vast_server.seen(url)) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--allowed-networks", "intranet"), {}, "Invalid value for '--allowed-networks'"),
+        ((), {"ADSTREAM_ALLOWED_NETWORKS": "10.0.0.1/8"}, "allowed_networks: 10.0.0.1/8 has"),
+    ],
+)
+async def test_a_bad_network_is_a_clear_error(
+    args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    code, _, err = await run("vast", "resolve", "http://x.invalid/", *args, env=env)
+    assert code in (1, 2)
+    assert message in err
+    assert "Traceback" not in err
+
+
+async def test_a_param_given_twice_is_a_usage_error() -> None:
+    # As in an ad request, where a key given twice is invalid: no silent choice of one.
+    args = ("--param", "account=A", "--param", "account=EVIL")
+    code, _, err = await run("vast", "resolve", "http://x.invalid/", *args)
+    assert code == 2
+    assert "'account' is given twice" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"http://x.invalid/", b"--param", b"domain=caf\xe9"),  # Latin-1, as a shell may pass it
+        (b"http://x.invalid/", b"--param", b"\xff=1"),
+        (b"http://x.invalid/\xff",),
+    ],
+    ids=["value", "key", "url"],
+)
+async def test_arguments_that_are_not_utf8_are_a_usage_error(args: tuple[bytes, ...]) -> None:
+    code, _, err = await run("vast", "resolve", *args)
+    assert code == 2
+    assert "not UTF-8" in err
+    assert "Traceback" not in err

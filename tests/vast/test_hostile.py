@@ -8,6 +8,7 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from streams.vast import (
     VastTransport,
     VastUpstream,
 )
-from tests.upstream import VastServer, inline, vast, wrapper
+from tests.upstream import Handler, VastServer, inline, vast, wrapper
 
 MIB = 1 << 20
 
@@ -59,6 +60,8 @@ async def test_a_huge_declared_body_is_refused_before_reading(
 ) -> None:
     with pytest.raises(ResponseTooLarge, match="Content-Length"):
         await transport.get(server.add(b"x" * (MIB + 1)))
+    with pytest.raises(ResponseTooLarge, match="Content-Length"):  # compressed or not
+        await transport.get(server.add(b"x" * (MIB + 1), headers={"Content-Encoding": "gzip"}))
 
 
 async def stream_forever(request: web.Request) -> web.StreamResponse:
@@ -99,6 +102,46 @@ async def test_a_gzip_bomb_stops_at_the_cap_without_inflating_it(
     assert peak < 6 * MIB
 
 
+def endless(head: bytes, tail: bytes) -> Handler:
+    """A gzip-encoded chunked response: `head`, then `tail` over and over, never ending."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Encoding": "gzip"})
+        await response.prepare(request)
+        await response.write(head)
+        while True:
+            await response.write(tail)
+
+    return handler
+
+
+async def test_bytes_after_the_gzip_stream_end_the_read(
+    upstream: VastUpstream, server: VastServer, context: SessionContext
+) -> None:
+    # zlib keeps what follows the stream aside, unread and uncounted: a valid document and
+    # then endless bytes would otherwise be read until the deadline.
+    url = server.add(handler=endless(gzip.compress(vast(inline()).encode()), b"x" * 65_536))
+    started = time.perf_counter()
+    result = await upstream.fetch(url, context=context)
+    assert (result.status, result.error_code) == ("error", 100)
+    assert "after the end of the compressed body" in result.errors[0].message
+    assert time.perf_counter() - started < 2.0
+
+
+async def test_compressed_bytes_count_against_the_cap_even_when_they_inflate_to_nothing(
+    upstream: VastUpstream, server: VastServer, context: SessionContext
+) -> None:
+    deflater = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)  # gzip
+    head = deflater.compress(b'<VAST version="4.0">') + deflater.flush(zlib.Z_SYNC_FLUSH)
+    empty_block = b"\x00\x00\x00\xff\xff"  # a stored deflate block of no bytes
+    url = server.add(handler=endless(head, empty_block * 10_000))
+    started = time.perf_counter()
+    result = await upstream.fetch(url, context=context)
+    assert (result.status, result.error_code) == ("error", 100)
+    assert "compressed body exceeds" in result.errors[0].message
+    assert time.perf_counter() - started < 2.0
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 async def test_compressed_documents_are_decoded(
     transport: VastTransport, server: VastServer, encoding: str
@@ -115,8 +158,9 @@ async def test_compressed_documents_are_decoded(
         (b"whatever", "br", "unsupported Content-Encoding"),
         (b"not gzip at all", "gzip", "corrupt"),
         (gzip.compress(bytes(range(256)) * 64)[:200], "gzip", "truncated"),
+        (gzip.compress(b"<VAST/>") + b"<VAST/>", "gzip", "after the end"),
     ],
-    ids=["brotli", "corrupt-gzip", "truncated-gzip"],
+    ids=["brotli", "corrupt-gzip", "truncated-gzip", "gzip-then-more"],
 )
 async def test_undecodable_bodies_are_100(
     transport: VastTransport, server: VastServer, body: bytes, encoding: str, message: str
@@ -221,6 +265,21 @@ async def test_the_ssrf_guard_refuses_non_global_hosts(
         with pytest.raises(error):
             await guarded.get(url.replace(f"127.0.0.1:{port}", f"{host}:{port}"))
     assert server.seen(url) == []
+
+
+async def test_the_ssrf_guard_covers_the_httpx_client(server: VastServer) -> None:
+    # An IP literal skips aiohttp's resolver, where names are checked: the client checks it.
+    url = server.add(vast(inline()))
+    elsewhere = loopback_two(url)
+    async with VastTransport(
+        block_private_addresses=True, allowed_networks=["127.0.0.1/32"]
+    ) as guarded:
+        assert (await guarded.client.get(url)).status_code == 200
+        with pytest.raises(httpx.ConnectError, match="not a global address"):
+            await guarded.client.get(elsewhere)
+    assert len(server.seen(url)) == 1
+    async with VastTransport() as unguarded:  # the same URL answers with the guard off
+        assert (await unguarded.client.get(elsewhere)).status_code == 200
 
 
 async def test_the_ssrf_guard_covers_wrapped_tags(

@@ -266,6 +266,35 @@ async def test_params_for_the_upstreams_own_url(
     assert parse_qs(server.seen(url)[0].query) == {"v": ["1"], "placement_id": ["x"]}
 
 
+async def test_request_params_never_override_the_campaigns_query(
+    server: VastServer, context: SessionContext
+) -> None:
+    # An upstream given a key twice picks one by its own rule (PHP the last, Java the first):
+    # a request param whose key is already in the tag's query, in any spelling, is left out.
+    url = server.add(vast(inline()))
+    campaign = VastUpstream(url + "?account=A&Site=one&my+key=1&acc%5Fid=7")
+    params = {
+        "account": "EVIL",
+        "site": "EVIL",
+        "my key": "EVIL",
+        "acc_id": "EVIL",
+        "Zone": "z",
+        "zone": "EVIL",
+        "placement_id": "p",
+    }
+    async with campaign:
+        result = await campaign.fetch(params=params, context=context)
+    assert result.status == "inline"
+    assert parse_qs(server.seen(url)[0].query) == {
+        "account": ["A"],
+        "Site": ["one"],
+        "my key": ["1"],
+        "acc_id": ["7"],
+        "Zone": ["z"],
+        "placement_id": ["p"],
+    }
+
+
 async def test_cookies_come_from_each_requests_context_only(
     upstream: VastUpstream, server: VastServer
 ) -> None:
