@@ -66,6 +66,7 @@ class _Names:
             *_NONLINEAR_ORDER, *_COMPANION_ORDER, *_VIEWABLE_ORDER,
             "VAST", "Ad", "InLine", "Wrapper", "Creative", "Linear", "NonLinearAds",
             "CompanionAds", "Companion", "Extension", "Verification", "Tracking",
+            "UniversalAdId",
         }:  # fmt: skip
             setattr(self, name, prefix + name)
         self.inline_ranks = _ranks(prefix, _INLINE_ORDER)
@@ -152,7 +153,7 @@ def unwrap_ad(
     merge = _Merge()
     for element, wrapper_namespace in reversed(wrappers):
         _collect(element, _names(wrapper_namespace), names, merge)
-    _apply(body, merge, names)
+    _apply(body, merge, names, needs_universal_ad_id=version.partition(".")[0] >= "4")
     return Unwrapped(ad, namespace, version, _drop_unsafe_urls(ad, names))
 
 
@@ -263,7 +264,9 @@ def _trackers(events: etree._Element, own: _Names, into: _Names) -> Iterable[etr
     return [_moved(node, own, into) for node in events if node.tag == own.Tracking]
 
 
-def _apply(body: etree._Element, merge: _Merge, names: _Names) -> None:
+def _apply(
+    body: etree._Element, merge: _Merge, names: _Names, *, needs_universal_ad_id: bool
+) -> None:
     ranks = names.inline_ranks
     _prepend(body, names.Impression, merge.impressions, ranks)
     _prepend(body, names.Error, merge.errors, ranks)
@@ -289,6 +292,12 @@ def _apply(body: etree._Element, merge: _Merge, names: _Names) -> None:
     for companions, clicks in merge.companions:  # innermost Wrapper first
         first = _child(creatives, names.Creative)
         for companion in companions:
+            if needs_universal_ad_id and _child(companion, names.UniversalAdId) is None:
+                # An InLine's creatives must name one (VAST 4.x); a Wrapper's need not, and
+                # IAB's value for an id nobody gave is "unknown".
+                universal = etree.SubElement(companion, names.UniversalAdId)
+                universal.set("idRegistry", "unknown")
+                universal.text = "unknown"
             if first is None:
                 creatives.append(companion)
             else:
