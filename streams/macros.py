@@ -123,7 +123,7 @@ def _within(text: str, max_chars: int | None) -> str:
 class Macros:
     """The macro values of one ad request, computed on first use and kept for later URLs."""
 
-    __slots__ = ("_context", "_params", "_unix_timestamp", "_values")
+    __slots__ = ("_context", "_params", "_timestamp_text", "_unix_timestamp", "_values")
 
     def __init__(
         self,
@@ -131,10 +131,13 @@ class Macros:
         params: Mapping[str, str] | None = None,
         *,
         unix_timestamp: bool = False,
+        timestamp: str | None = None,
     ) -> None:
         """`unix_timestamp=True` gives `[TIMESTAMP]` as Unix milliseconds, for upstreams that
-        want a number rather than IAB's ISO 8601."""
+        want a number rather than IAB's ISO 8601. `timestamp`: a firer's own reading of the
+        time as it writes it (its local zone, say), instead of the context's."""
         self._context = context
+        self._timestamp_text = timestamp
         self._params = _by_macro_name(params) if params else {}
         self._unix_timestamp = unix_timestamp
         self._values: dict[str, str] = {}
@@ -183,7 +186,7 @@ class Macros:
         docstring)."""
         context = self._context
         if name == "TIMESTAMP":
-            return self._timestamp()
+            return self._timestamp() if self._timestamp_text is None else self._timestamp_text
         if name == "CACHEBUSTING":
             return context.cachebusting
         if name == "CORRELATOR":
@@ -252,12 +255,16 @@ def expand(
     `values`: what the firer knows, keyed by macro name as request params are (module
     docstring): `ADPLAYHEAD`, `ASSETURI`, `REASON`, the request's `PAGEURL`... and `ERRORCODE`,
     an IAB error code (digits), for an error pixel. Macros without a value become `-1`, except
-    `[ERRORCODE]`, left as it is without one.
+    `[ERRORCODE]`, left as it is without one. A `TIMESTAMP` there (the firer's clock as it
+    writes it, e.g. in its own zone) is used instead of `at`'s ISO 8601 in UTC.
     """
     params = _by_macro_name(values) if values else {}
     code = params.pop("ERRORCODE", None)
     macros = Macros(
-        msgspec.structs.replace(context, timestamp=at), params, unix_timestamp=unix_timestamp
+        msgspec.structs.replace(context, timestamp=at),
+        params,
+        unix_timestamp=unix_timestamp,
+        timestamp=params.pop("TIMESTAMP", None),
     )
     return macros.expand(url, error_code=None if code is None else int(code))
 

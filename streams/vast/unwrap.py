@@ -381,6 +381,9 @@ def _moved(element: etree._Element, own: _Names, into: _Names) -> etree._Element
             tag = node.tag
             if isinstance(tag, str) and tag.startswith(prefix) and (prefix or tag[0] != "{"):
                 node.tag = into.prefix + tag[len(prefix) :]
+        # The copy keeps the source's namespace declarations, which would otherwise put the
+        # moved tags back in the source's namespace when serialized.
+        etree.cleanup_namespaces(moved)
     return moved
 
 
