@@ -12,8 +12,9 @@ concurrent resolutions:
   to show what of the resolver's cost is HTTP and what is VAST;
 - `httpx`: `httpx.AsyncClient()` as it comes, GETting the same hops and reading each body;
 - `aiohttp`: a bare `aiohttp.ClientSession` doing the same: the floor;
-- `documents`: the resolver's work without any I/O: parsing the same hops' bodies, planning
-  and merging them with macros (`streams.vast.parse`, `streams.vast.chain`), to show what of
+- `documents`: the resolver's work without any I/O: parsing the same hops' bodies, planning,
+  merging them and building the unwrapped document (`streams.vast.parse`, `streams.vast.chain`,
+  `streams.vast.unwrap`), to show what of
   the goal's budget VAST itself takes.
 
 Measured per configuration: resolutions per second (wall clock), CPU microseconds per
@@ -50,8 +51,8 @@ from aiohttp import web
 
 from models.codec import MAX_RECORD_BYTES
 from models.context import SessionContext
-from streams.macros import Macros
-from streams.vast import VastTransport, VastUpstream, chain, parse_vast
+from streams.vast import VastTransport, VastUpstream, chain, unwrap
+from streams.vast.parse import parse_tree
 from streams.vast.transport import DEFAULT_MAX_BODY_BYTES
 
 RESULTS = Path(__file__).parent / "results" / "vast_resolver.json"
@@ -251,14 +252,19 @@ def contenders(base: str, hops: list[str]) -> dict[str, tuple[Operation, Closer]
 
     async def documents() -> None:
         wrappers = []
+        above = []
         for body in bodies:
-            ad = chain.plan(parse_vast(body), rules).targets[0]
+            parsed = parse_tree(body)
+            document = parsed.document
+            ad = chain.plan(document, rules).targets[0]
+            element = parsed.elements[document.ads.index(ad)]
             if ad.wrapper is not None:
                 wrappers.append(ad)
+                above.append((element, document.namespace))
                 continue
-            macros = Macros(context)
-            text = chain.expand_document(body.decode(), macros, chain.DEFAULT_MAX_AD_CHARS)
-            resolved = chain.resolve_ad(ad, wrappers, macros, text)
+            resolved = chain.resolve_ad(ad, wrappers)
+            ad_element = unwrap.unwrap_ad(element, document.namespace, document.version, above)
+            assert unwrap.document([ad_element], [resolved.sequence])
             assert resolved.wrappers == len(hops) - 1
 
     async def no_close() -> None:

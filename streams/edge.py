@@ -17,7 +17,7 @@ their request_id.
                                placement_id="home", params={})
         decision = await edge.decide(ad_request, timeout=0.5)
         if isinstance(decision, AdServed):
-            ...  # decision.vast is the InLine document to return to the player
+            ...  # decision.vast is the unwrapped document to return to the player
 """
 
 from __future__ import annotations

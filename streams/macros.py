@@ -1,8 +1,13 @@
 """IAB VAST 4.x macro substitution for upstream request URLs and tracking pixels.
 
-The VAST resolver (`streams.vast`) builds one `Macros` per ad request and calls `expand` on every
-URL it fetches or fires. Every macro of IAB's registry is known here, in both spellings `[NAME]`
-and `%%NAME%%`, plus `[CORRELATOR]` from the session guide. A value comes from:
+Who fires a URL fills its macros, since only they know the values at that moment
+(`[ADPLAYHEAD]`, `[ASSETURI]`, `[REASON]`, the `[TIMESTAMP]` of the firing). The VAST resolver
+(`streams.vast`) builds one `Macros` per ad request and expands the URLs it requests itself:
+the campaign's tag, each `VASTAdTagURI`, the error pixels it fires. The URLs it hands on
+(impressions, tracking, clicks, errors, verification, viewability) keep their macros, for the
+player or for an edge that fires them server-side with `expand`. Every macro of IAB's registry
+is known here, in both spellings `[NAME]` and `%%NAME%%`, plus `[CORRELATOR]` from the session
+guide. A value comes from:
 
 1. the `SessionContext`, always, for `TIMESTAMP` (event time, never the wall clock, so a replay
    expands identically), `CACHEBUSTING` and `CORRELATOR`;
@@ -29,6 +34,8 @@ import re
 import string
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+
+import msgspec
 
 from models.context import SessionContext
 
@@ -116,7 +123,7 @@ def _within(text: str, max_chars: int | None) -> str:
 class Macros:
     """The macro values of one ad request, computed on first use and kept for later URLs."""
 
-    __slots__ = ("_context", "_params", "_unix_timestamp", "_values")
+    __slots__ = ("_context", "_params", "_timestamp_text", "_unix_timestamp", "_values")
 
     def __init__(
         self,
@@ -124,10 +131,13 @@ class Macros:
         params: Mapping[str, str] | None = None,
         *,
         unix_timestamp: bool = False,
+        timestamp: str | None = None,
     ) -> None:
         """`unix_timestamp=True` gives `[TIMESTAMP]` as Unix milliseconds, for upstreams that
-        want a number rather than IAB's ISO 8601."""
+        want a number rather than IAB's ISO 8601. `timestamp`: a firer's own reading of the
+        time as it writes it (its local zone, say), instead of the context's."""
         self._context = context
+        self._timestamp_text = timestamp
         self._params = _by_macro_name(params) if params else {}
         self._unix_timestamp = unix_timestamp
         self._values: dict[str, str] = {}
@@ -137,14 +147,11 @@ class Macros:
         template: str,
         *,
         error_code: int | None = None,
-        in_xml: bool = False,
         max_chars: int | None = None,
     ) -> str:
         """`template` with every IAB macro replaced by its encoded value, in one pass.
 
         Pass `error_code` for error pixels only: without it `[ERRORCODE]` stays as it is.
-        `in_xml`: `template` is XML source (a whole VAST document), where a value may land in
-        an attribute quoted with `'`, which encodeURIComponent keeps: it becomes %27 there.
         `max_chars`: raise `ExpansionTooLong` rather than build a longer result (a document
         holding a macro many times, times a long value from the request, could be huge).
         """
@@ -167,8 +174,6 @@ class Macros:
                 else:
                     raw = self._raw_value(name)
                     value = values[name] = _percent_encode(raw, _ENCODING_TABLES[name])
-            if in_xml:
-                value = value.replace("'", "%27")
             grown += len(value) - len(token)
             append(value)
             append(literal)
@@ -181,7 +186,7 @@ class Macros:
         docstring)."""
         context = self._context
         if name == "TIMESTAMP":
-            return self._timestamp()
+            return self._timestamp() if self._timestamp_text is None else self._timestamp_text
         if name == "CACHEBUSTING":
             return context.cachebusting
         if name == "CORRELATOR":
@@ -233,6 +238,35 @@ def _split(template: str) -> _Compiled:
 # to this size (at most 1024 of them: ~16 MiB) and splits longer ones anew.
 _COMPILE_CACHE_MAX_CHARS = 16 * 1024
 _split_cached = functools.lru_cache(maxsize=1024)(_split)
+
+
+def expand(
+    url: str,
+    context: SessionContext,
+    *,
+    at: int,
+    values: Mapping[str, str] | None = None,
+    unix_timestamp: bool = False,
+) -> str:
+    """`url`, a URL handed on by the resolver, with its macros filled when it is fired.
+
+    `context`: the ad request's (`CACHEBUSTING`, `CORRELATOR`, `TRANSACTIONID`).
+    `at`: when the URL is fired, in Unix milliseconds: the `[TIMESTAMP]`.
+    `values`: what the firer knows, keyed by macro name as request params are (module
+    docstring): `ADPLAYHEAD`, `ASSETURI`, `REASON`, the request's `PAGEURL`... and `ERRORCODE`,
+    an IAB error code (digits), for an error pixel. Macros without a value become `-1`, except
+    `[ERRORCODE]`, left as it is without one. A `TIMESTAMP` there (the firer's clock as it
+    writes it, e.g. in its own zone) is used instead of `at`'s ISO 8601 in UTC.
+    """
+    params = _by_macro_name(values) if values else {}
+    code = params.pop("ERRORCODE", None)
+    macros = Macros(
+        msgspec.structs.replace(context, timestamp=at),
+        params,
+        unix_timestamp=unix_timestamp,
+        timestamp=params.pop("TIMESTAMP", None),
+    )
+    return macros.expand(url, error_code=None if code is None else int(code))
 
 
 def cache_key_template(template: str) -> str:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import SessionContext
-from streams.macros import IAB_MACROS, PER_REQUEST_MACROS, Macros, cache_key_template
+from streams.macros import IAB_MACROS, PER_REQUEST_MACROS, Macros, cache_key_template, expand
 
 REGISTRY = Path(__file__).parent / "data/iab-vast/macros-data.json"
 REGISTRY_MACROS: list[dict[str, Any]] = json.loads(REGISTRY.read_text())["macros"]
@@ -104,6 +104,50 @@ def test_registry_macro_without_a_value_is_minus_one(name: str) -> None:
 @pytest.mark.parametrize(("name", "raw", "encoded"), registry_examples())
 def test_registry_examples_encode_as_published(name: str, raw: str, encoded: str) -> None:
     assert Macros(CONTEXT, {name: raw}).expand(f"[{name}]") == encoded
+
+
+def encoded_examples() -> list[tuple[str, str, str]]:
+    """(macro, unencoded, encoded) of every registry entry that shows an encoded example."""
+    pair = re.compile(
+        r"unencoded:\s*<code>(.*?)</code>.*?encoded:\s*<code>(.*?)</code>", re.I | re.S
+    )
+    return [
+        (macro["name"], raw, encoded)
+        for macro in REGISTRY_MACROS
+        for raw, encoded in pair.findall(str(macro.get("example") or ""))
+    ]
+
+
+def test_every_encoded_example_of_the_registry_is_walked() -> None:
+    names = {name for name, _, _ in encoded_examples()}
+    assert len(encoded_examples()) == 17 and "TIMESTAMP" in names
+
+
+@pytest.mark.parametrize(("name", "raw", "encoded"), encoded_examples())
+def test_a_firer_encodes_every_registry_example_as_published(
+    name: str, raw: str, encoded: str
+) -> None:
+    # Through the fire-time call an edge uses, the value given as the firer knows it; the
+    # registry's TIMESTAMP example is a local time, every reserved character percent-encoded.
+    url = f"http://t.invalid/?v=[{name}]&w=%%{name}%%"
+    assert (
+        expand(url, CONTEXT, at=0, values={name: raw})
+        == f"http://t.invalid/?v={encoded}&w={encoded}"
+    )
+    # The registry itself is encodeURIComponent's output (an array's commas kept bare).
+    oracle = encode_uri_component(raw)
+    assert encoded == (oracle.replace("%2C", ",") if name in ARRAY_MACROS else oracle)
+
+
+def test_expand_fills_at_fire_time() -> None:
+    url = "http://t.invalid/p?ts=[TIMESTAMP]&at=[ADPLAYHEAD]&cb=[CACHEBUSTING]&e=[ERRORCODE]&r=[REASON]"
+    assert expand(url, CONTEXT, at=0, values={"adplayhead": "00:00:05.000"}) == (
+        "http://t.invalid/p?ts=1970-01-01T00%3A00%3A00.000%2B00%3A00&at=00%3A00%3A05.000"
+        f"&cb={CONTEXT.cachebusting}&e=[ERRORCODE]&r=-1"
+    )
+    assert expand("http://t.invalid/e=[ERRORCODE]", CONTEXT, at=0, values={"ERRORCODE": "405"}) == (
+        "http://t.invalid/e=405"
+    )
 
 
 def test_registry_examples_cover_both_kinds_of_encoding() -> None:

@@ -6,30 +6,28 @@ No I/O here; `streams.vast.upstream` fetches and calls these.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import msgspec
 
-from streams.macros import ExpansionTooLong, Macros
 from streams.vast.deadline import NO_DEADLINE, Deadline
 from streams.vast.document import (
     Ad,
     Creative,
     CreativeKind,
     Document,
-    MediaFile,
     Tracking,
+    ViewableImpression,
     Wrapper,
 )
 from streams.vast.errors import NoAdError, ResponseTooLarge, WrapperError
-from streams.vast.result import ResolvedAd
-
-_HasUrl = TypeVar("_HasUrl", MediaFile, Tracking)
+from streams.vast.result import ResolvedAd, ServedAd
 
 DEFAULT_MAX_AD_CHARS = 1_000_000
-"""What one resolved ad may hold: its document and URLs, macros substituted. Kept in
+"""What one resolved ad may hold: its document and URLs. Kept in
 characters, each at least one byte once encoded, with the least JSON adds to every URL
 (`_JSON_CHARS_PER_URL`), so an ad within it may still not fit an event, but one past it never
 could."""
@@ -95,48 +93,57 @@ def error_urls(wrappers: Sequence[Ad], *more: Iterable[str]) -> list[str]:
     return urls
 
 
-def expand_document(text: str, macros: Macros, max_chars: int) -> str:
-    """The document an InLine's ads are served with: `text`, macros substituted. Done once per
-    document and request, however many of its ads resolve. Raises ResponseTooLarge (100) past
-    `max_chars`."""
-    try:
-        return macros.expand(text, in_xml=True, max_chars=max_chars)
-    except ExpansionTooLong as exc:
-        raise ResponseTooLarge(f"the document, macros substituted, is too large: {exc}") from None
-
-
 def resolve_ad(
     inline: Ad,
     wrappers: Sequence[Ad],
-    macros: Macros,
-    vast: str,
     *,
     max_chars: int = DEFAULT_MAX_AD_CHARS,
     deadline: Deadline = NO_DEADLINE,
 ) -> ResolvedAd:
-    """`inline` with `wrappers` (outermost first) merged in, every URL's macros substituted.
+    """`inline` with `wrappers` (outermost first) merged in: the typed view of the ad that
+    `streams.vast.unwrap` builds the document of. URLs stay templates: their macros are for
+    whoever fires them. Its `vast` is left empty, for the document of the whole selection.
 
-    `vast` is the InLine's document, macros substituted already (`expand_document`): the ad
-    refers to it, and expands only the URLs it holds itself. Raises ResponseTooLarge (100) when
-    the document and the ad's URLs, with what JSON adds to each, pass `max_chars`, before
-    building more; DeadlinePassed (301) when the deadline passes while merging.
+    Raises ResponseTooLarge (100) when the ad's URLs, with what JSON adds to each, pass
+    `max_chars`, before building more; DeadlinePassed (301) when the deadline passes while
+    merging.
 
     The order is vast-client-js's: impressions and errors from the outermost Wrapper inwards,
-    then the InLine's own; a creative's tracking and clicks its own first, then each Wrapper's
-    creatives of the same kind from the innermost outwards.
+    then the InLine's own; viewable impressions and a creative's tracking and clicks its own
+    first, then each Wrapper's of the same kind from the innermost outwards. Wrappers'
+    companions come first, outermost Wrapper first, and each one's companion click trackers go
+    to every companion below it, once.
     """
-    # List comprehensions rather than generators throughout: a generator resumes per item.
-    expand = _Budget(macros, max_chars - len(vast)).expand
+    budget = _Budget(max_chars)
+    take = budget.take
     inherited = _inherited(wrappers)
     chain = (*wrappers, inline)
-    impressions = tuple([expand(url) for ad in chain for url in ad.impressions])
-    errors = tuple([expand(url) for ad in chain for url in ad.errors])
-    creatives = []
+    impressions = take([url for ad in chain for url in ad.impressions])
+    errors = take([url for ad in chain for url in ad.errors])
+    creatives: list[Creative] = []
     for creative in inline.creatives:
         # Each creative takes in every Wrapper's of its kind: checked per creative, since
         # that product, not any one document, is what can grow.
         deadline.check("while merging Wrappers into the ad")
-        creatives.append(_merge(creative, inherited, expand))
+        merged = _merge(creative, inherited)
+        _take_creative(take, merged)
+        creatives.append(merged)
+    for wrapper in reversed(wrappers):
+        companions = [creative for creative in wrapper.creatives if creative.kind == "companion"]
+        if not companions:
+            continue
+        deadline.check("while merging Wrappers into the ad")
+        for companion in companions:
+            _take_creative(take, companion)
+        creatives[:0] = companions
+        clicks = [url for creative in companions for url in creative.click_tracking]
+        if clicks:
+            creatives = [
+                _with_unique_clicks(creative, clicks, take)
+                if creative.kind == "companion"
+                else creative
+                for creative in creatives
+            ]
     return ResolvedAd(
         id=inline.id,
         sequence=inline.sequence,
@@ -145,27 +152,83 @@ def resolve_ad(
         impressions=impressions,
         errors=errors,
         creatives=tuple(creatives),
-        vast=vast,
+        viewable_impression=_viewable(chain, take),
         wrappers=len(wrappers),
+        vast="",
     )
 
 
+def chars(ad: ServedAd) -> int:
+    """What `ad`'s URLs take of an ad's `max_chars`."""
+    budget = _Budget(sys.maxsize)
+    take = budget.take
+    take(ad.impressions)
+    take(ad.errors)
+    for creative in ad.creatives:
+        _take_creative(take, creative)
+    if ad.viewable_impression is not None:
+        _take_viewable(take, ad.viewable_impression)
+    return sys.maxsize - budget.left
+
+
 class _Budget:
-    """What an ad may still hold, in characters: every URL is expanded within it."""
+    """What an ad may still hold, in characters."""
 
-    __slots__ = ("left", "macros")
+    __slots__ = ("left",)
 
-    def __init__(self, macros: Macros, left: int) -> None:
-        self.macros = macros
+    def __init__(self, left: int) -> None:
         self.left = left
 
-    def expand(self, url: str) -> str:
-        try:
-            expanded = self.macros.expand(url, max_chars=self.left - _JSON_CHARS_PER_URL)
-        except ExpansionTooLong:
-            raise ResponseTooLarge("the ad's document and URLs are too large") from None
-        self.left -= len(expanded) + _JSON_CHARS_PER_URL
-        return expanded
+    def take(self, urls: Sequence[str]) -> tuple[str, ...]:
+        self.left -= sum(map(len, urls)) + _JSON_CHARS_PER_URL * len(urls)
+        if self.left < 0:
+            raise ResponseTooLarge("the ad's document and URLs are too large")
+        return tuple(urls)
+
+
+def _take_creative(take: Callable[[Sequence[str]], object], creative: Creative) -> None:
+    take([media.url for media in creative.media_files])
+    take([event.url for event in creative.tracking])
+    take(creative.click_tracking)
+    take(creative.custom_clicks)
+    if creative.click_through is not None:
+        take([creative.click_through])
+
+
+def _viewable(
+    chain: Sequence[Ad], take: Callable[[Sequence[str]], object]
+) -> ViewableImpression | None:
+    """The chain's viewable impressions in one: the InLine's, then each Wrapper's from the
+    innermost outwards."""
+    parts = [ad.viewable_impression for ad in reversed(chain) if ad.viewable_impression]
+    if not parts:
+        return None
+    merged = ViewableImpression(
+        viewable=tuple([url for part in parts for url in part.viewable]),
+        not_viewable=tuple([url for part in parts for url in part.not_viewable]),
+        view_undetermined=tuple([url for part in parts for url in part.view_undetermined]),
+    )
+    _take_viewable(take, merged)
+    return merged
+
+
+def _take_viewable(take: Callable[[Sequence[str]], object], viewable: ViewableImpression) -> None:
+    take(viewable.viewable)
+    take(viewable.not_viewable)
+    take(viewable.view_undetermined)
+
+
+def _with_unique_clicks(
+    creative: Creative, clicks: Sequence[str], take: Callable[[Sequence[str]], object]
+) -> Creative:
+    """vast-client-js's rule: a Wrapper's companion click trackers go to every companion,
+    once."""
+    own = set(creative.click_tracking)
+    added = list(dict.fromkeys([url for url in clicks if url not in own]))
+    if not added:
+        return creative
+    take(added)
+    return msgspec.structs.replace(creative, click_tracking=(*creative.click_tracking, *added))
 
 
 class _Inherited:
@@ -179,10 +242,13 @@ class _Inherited:
 
 
 def _inherited(wrappers: Sequence[Ad]) -> dict[CreativeKind, _Inherited]:
-    """Per creative kind, what the Wrappers' creatives add, innermost Wrapper first."""
+    """Per creative kind, what the Wrappers' linear and nonlinear creatives add, innermost
+    Wrapper first (their companions are served as companions)."""
     inherited: dict[CreativeKind, _Inherited] = {}
     for wrapper in reversed(wrappers):
         for creative in wrapper.creatives:
+            if creative.kind == "companion":
+                continue
             extra = inherited.get(creative.kind)
             if extra is None:
                 extra = inherited[creative.kind] = _Inherited()
@@ -193,31 +259,15 @@ def _inherited(wrappers: Sequence[Ad]) -> dict[CreativeKind, _Inherited]:
     return inherited
 
 
-def _merge(
-    creative: Creative, inherited: dict[CreativeKind, _Inherited], expand: Callable[[str], str]
-) -> Creative:
+def _merge(creative: Creative, inherited: dict[CreativeKind, _Inherited]) -> Creative:
     extra = inherited.get(creative.kind)
-    tracking: Iterable[Tracking] = creative.tracking
-    click_tracking: Iterable[str] = creative.click_tracking
-    custom_clicks: Iterable[str] = creative.custom_clicks
-    click_through = creative.click_through
-    if extra is not None:
-        tracking = [*tracking, *extra.tracking]
-        click_tracking = [*click_tracking, *extra.click_tracking]
-        custom_clicks = [*custom_clicks, *extra.custom_clicks]
-        # VAST 2.0 players take a Wrapper's ClickThrough when the InLine has none.
-        click_through = click_through or extra.click_through
+    if extra is None:
+        return creative
     return msgspec.structs.replace(
         creative,
-        media_files=tuple([_with_url(media, expand) for media in creative.media_files]),
-        tracking=tuple([_with_url(event, expand) for event in tracking]),
-        click_through=None if click_through is None else expand(click_through),
-        click_tracking=tuple([expand(url) for url in click_tracking]),
-        custom_clicks=tuple([expand(url) for url in custom_clicks]),
+        tracking=(*creative.tracking, *extra.tracking),
+        click_tracking=(*creative.click_tracking, *extra.click_tracking),
+        custom_clicks=(*creative.custom_clicks, *extra.custom_clicks),
+        # VAST 2.0 players take a Wrapper's ClickThrough when the InLine has none.
+        click_through=creative.click_through or extra.click_through,
     )
-
-
-def _with_url(item: _HasUrl, expand: Callable[[str], str]) -> _HasUrl:
-    url = expand(item.url)
-    # Most URLs hold no macro, and expand() then returns the very same string: no copy.
-    return item if url is item.url else msgspec.structs.replace(item, url=url)

@@ -1,7 +1,8 @@
 """A parsed VAST document: the parts resolution and the `ad-served` event need, as plain Structs.
 
-URLs here are templates: macros are left as the upstream wrote them, and substituted only when
-an ad is resolved for a request (`streams.vast.chain`).
+URLs here are templates: macros are left as the upstream wrote them, for whoever fires them
+(`streams.macros.expand`). URLs with a scheme other than http or https are left out
+(`streams.vast.parse.is_safe_url`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ class Creative(msgspec.Struct, frozen=True, omit_defaults=True):
     custom_clicks: tuple[str, ...] = ()
 
 
+class ViewableImpression(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The pixels a player fires once it knows whether the ad was viewable (IAB VAST 4.x)."""
+
+    viewable: tuple[str, ...] = ()
+    not_viewable: tuple[str, ...] = ()
+    view_undetermined: tuple[str, ...] = ()
+
+
 class Wrapper(msgspec.Struct, frozen=True):
     """What makes an Ad a Wrapper: where its ad comes from, and the rules for that response."""
 
@@ -66,6 +75,7 @@ class Ad(msgspec.Struct, frozen=True, omit_defaults=True):
     impressions: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     creatives: tuple[Creative, ...] = ()
+    viewable_impression: ViewableImpression | None = None
     wrapper: Wrapper | None = None
     """Set for a `<Wrapper>` ad, None for an `<InLine>` one."""
 
@@ -77,3 +87,5 @@ class Document(msgspec.Struct, frozen=True):
     """Root-level `<Error>` URLs: fired when the response has no ad."""
     encoding: str
     """The character encoding the XML declaration names (UTF-8 when it names none)."""
+    namespace: str = ""
+    """IAB's VAST namespace when the document is in it, else empty."""

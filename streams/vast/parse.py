@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -23,6 +24,7 @@ from streams.vast.document import (
     Document,
     MediaFile,
     Tracking,
+    ViewableImpression,
     Wrapper,
 )
 from streams.vast.errors import (
@@ -61,12 +63,26 @@ _ASCII_COMPATIBLE = frozenset(
 )
 
 
+class Parsed(NamedTuple):
+    document: Document
+    elements: tuple[etree._Element, ...]
+    """The `<Ad>` element of each of `document.ads`, in the same order: what unwrapping
+    (`streams.vast.unwrap`) copies from."""
+
+
 def parse_vast(
     body: bytes, *, max_ads: int = DEFAULT_MAX_ADS, deadline: Deadline = NO_DEADLINE
 ) -> Document:
     """Parse one VAST response. Raises `DocumentError` (100), `SchemaError` (101; `TooManyAds`
     past `max_ads`), `UnsupportedVersion` (102) or `DeadlinePassed` (301); never anything
     else."""
+    return parse_tree(body, max_ads=max_ads, deadline=deadline).document
+
+
+def parse_tree(
+    body: bytes, *, max_ads: int = DEFAULT_MAX_ADS, deadline: Deadline = NO_DEADLINE
+) -> Parsed:
+    """`parse_vast`, with the element of each ad kept."""
     encoding = _check_prolog(body)
     try:
         root = etree.fromstring(body, _PARSER)
@@ -83,6 +99,7 @@ def parse_vast(
         raise UnsupportedVersion(f"VAST version {version!r} is not supported")
     tags = _tags(namespace)
     ads: list[Ad] = []
+    elements: list[etree._Element] = []
     errors: list[str] = []
     for child in root:
         tag = child.tag
@@ -94,9 +111,17 @@ def parse_vast(
             # Checked per ad: the deadline is overrun by at most one ad's reading.
             deadline.check("while reading the document's ads")
             ads.append(_ad(child, tags))
+            elements.append(child)
         elif tag == tags.error:
-            _append_text(errors, child)
-    return Document(version=version, ads=tuple(ads), errors=tuple(errors), encoding=encoding)
+            _append_url(errors, child)
+    document = Document(
+        version=version,
+        ads=tuple(ads),
+        errors=tuple(errors),
+        encoding=encoding,
+        namespace=namespace,
+    )
+    return Parsed(document, tuple(elements))
 
 
 def _check_prolog(body: bytes) -> str:
@@ -159,6 +184,10 @@ class _Tags:
         self.nonlinear_click_tracking = prefix + "NonLinearClickTracking"
         self.companion_click_through = prefix + "CompanionClickThrough"
         self.companion_click_tracking = prefix + "CompanionClickTracking"
+        self.viewable_impression = prefix + "ViewableImpression"
+        self.viewable = prefix + "Viewable"
+        self.not_viewable = prefix + "NotViewable"
+        self.view_undetermined = prefix + "ViewUndetermined"
 
 
 @functools.cache
@@ -174,12 +203,15 @@ def _ad(element: etree._Element, tags: _Tags) -> Ad:
     impressions: list[str] = []
     errors: list[str] = []
     creatives: list[Creative] = []
+    viewable = None
     for child in body:
         tag = child.tag
         if tag == tags.impression:
-            _append_text(impressions, child)
+            _append_url(impressions, child)
         elif tag == tags.error:
-            _append_text(errors, child)
+            _append_url(errors, child)
+        elif tag == tags.viewable_impression:
+            viewable = _viewable_impression(child, tags)
         elif tag == tags.creatives:
             for node in child:
                 if node.tag == tags.creative:
@@ -213,8 +245,24 @@ def _ad(element: etree._Element, tags: _Tags) -> Ad:
         impressions=tuple(impressions),
         errors=tuple(errors),
         creatives=tuple(creatives),
+        viewable_impression=viewable,
         wrapper=wrapper,
     )
+
+
+def _viewable_impression(element: etree._Element, tags: _Tags) -> ViewableImpression:
+    viewable: list[str] = []
+    not_viewable: list[str] = []
+    undetermined: list[str] = []
+    for child in element:
+        tag = child.tag
+        if tag == tags.viewable:
+            _append_url(viewable, child)
+        elif tag == tags.not_viewable:
+            _append_url(not_viewable, child)
+        elif tag == tags.view_undetermined:
+            _append_url(undetermined, child)
+    return ViewableImpression(tuple(viewable), tuple(not_viewable), tuple(undetermined))
 
 
 def _creative(element: etree._Element, tags: _Tags) -> Creative | None:
@@ -239,11 +287,11 @@ def _creative(element: etree._Element, tags: _Tags) -> Creative | None:
             elif tag == tags.video_clicks:
                 for click in child:
                     if click.tag == tags.click_tracking:
-                        _append_text(click_tracking, click)
+                        _append_url(click_tracking, click)
                     elif click.tag == tags.custom_click:
-                        _append_text(custom_clicks, click)
+                        _append_url(custom_clicks, click)
                     elif click.tag == tags.click_through:
-                        click_through = _text(click)
+                        click_through = _url(click)
             elif tag == tags.duration:
                 duration = _text(child)
     elif content.tag == tags.nonlinear_ads:
@@ -254,9 +302,9 @@ def _creative(element: etree._Element, tags: _Tags) -> Creative | None:
             elif child.tag == tags.nonlinear:
                 for click in child:
                     if click.tag == tags.nonlinear_click_tracking:
-                        _append_text(click_tracking, click)
+                        _append_url(click_tracking, click)
                     elif click.tag == tags.nonlinear_click_through and click_through is None:
-                        click_through = _text(click)
+                        click_through = _url(click)
     else:
         kind = "companion"
         for companion in content:
@@ -266,9 +314,9 @@ def _creative(element: etree._Element, tags: _Tags) -> Creative | None:
                 if child.tag == tags.tracking_events:
                     _append_tracking(tracking, child, tags)
                 elif child.tag == tags.companion_click_tracking:
-                    _append_text(click_tracking, child)
+                    _append_url(click_tracking, child)
                 elif child.tag == tags.companion_click_through and click_through is None:
-                    click_through = _text(child)
+                    click_through = _url(child)
     return Creative(
         kind=kind,
         id=element.get("id"),
@@ -287,7 +335,7 @@ def _creative(element: etree._Element, tags: _Tags) -> Creative | None:
 
 def _append_media_files(into: list[MediaFile], media_files: etree._Element, tags: _Tags) -> None:
     for node in media_files:
-        url = _text(node) if node.tag == tags.media_file else None
+        url = _url(node) if node.tag == tags.media_file else None
         if url:
             get = node.get
             into.append(
@@ -310,7 +358,7 @@ def _append_tracking(into: list[Tracking], events: etree._Element, tags: _Tags) 
         if node.tag != tags.tracking:
             continue
         event = node.get("event")
-        url = _text(node)
+        url = _url(node)
         if event and url:
             into.append(Tracking(event=event, url=url, offset=node.get("offset")))
 
@@ -322,10 +370,32 @@ def _first_child(element: etree._Element, *tags: str) -> etree._Element | None:
     return None
 
 
-def _append_text(into: list[str], node: etree._Element) -> None:
-    text = _text(node)
-    if text:
-        into.append(text)
+def _append_url(into: list[str], node: etree._Element) -> None:
+    url = _url(node)
+    if url:
+        into.append(url)
+
+
+def _url(node: etree._Element) -> str | None:
+    """The URL `node` holds, if it is one to hand on (`is_safe_url`)."""
+    url = _text(node)
+    return url if url is None or is_safe_url(url) else None
+
+
+# A scheme as RFC 3986 spells it; browsers drop tabs and newlines inside one before reading it
+# ("java\tscript:"), so those are removed first.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_SAFE_SCHEMES = frozenset({"http", "https"})
+_IGNORED_IN_SCHEME = str.maketrans("", "", "\t\n\r")
+_LEADING_IGNORED = "".join(map(chr, range(33)))  # C0 controls and space, as URL parsers do
+
+
+def is_safe_url(url: str) -> bool:
+    """Whether a URL handed on to a player may be: http or https, or no scheme at all (relative,
+    or starting with a macro). `javascript:`, `data:`, `file:` and every other scheme are not:
+    a player that fires or opens them runs or reads what the upstream chose."""
+    scheme = _SCHEME.match(url.lstrip(_LEADING_IGNORED).translate(_IGNORED_IN_SCHEME))
+    return scheme is None or scheme[1].lower() in _SAFE_SCHEMES
 
 
 def _text(node: etree._Element | None) -> str | None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from streams.vast.document import Creative
+from streams.vast.document import Creative, ViewableImpression
 
 Status = Literal["inline", "no_ad", "error"]
 
@@ -31,10 +31,11 @@ class ErrorReport(msgspec.Struct, frozen=True):
 
 
 class ServedAd(msgspec.Struct, frozen=True, omit_defaults=True):
-    """An InLine ad with the Wrappers above it merged in and every URL's macros substituted:
-    what the `ad-served` event says of its ad, besides the document it carries once, apart.
+    """An InLine ad with the Wrappers above it merged in: what the `ad-served` event says of its
+    ad, besides the document it carries once, apart.
 
-    `errors` keep `[ERRORCODE]` for whoever reports a later failure (the player).
+    Its URLs are handed on, so their macros stay templates for whoever fires them (the player,
+    or an edge: `streams.macros.expand`).
     """
 
     id: str | None
@@ -45,14 +46,18 @@ class ServedAd(msgspec.Struct, frozen=True, omit_defaults=True):
     errors: tuple[str, ...]
     creatives: tuple[Creative, ...]
     wrappers: int = 0
+    viewable_impression: ViewableImpression | None = None
+    unsafe_urls: int = 0
+    """URLs of the chain dropped because their scheme is neither http nor https."""
 
 
 class ResolvedAd(ServedAd, frozen=True, omit_defaults=True, kw_only=True):
-    """A `ServedAd` with the InLine document it came from."""
+    """A `ServedAd` with the document it is served in."""
 
     vast: str
-    """The InLine document, macros substituted: one string shared by every ad resolved from
-    it for a request, so a pod costs its document once."""
+    """The unwrapped document of the request's selection (`streams.vast.unwrap`): the one ad,
+    or the whole pod, each with its chain merged in. One string shared by every ad of the
+    selection, so a pod costs its document once."""
 
     def served(self) -> ServedAd:
         """This ad without its document, for an event that carries the document itself."""
@@ -75,5 +80,5 @@ class VastResult(msgspec.Struct, frozen=True):
 
     @property
     def vast(self) -> str | None:
-        """The final InLine document of the first ad."""
+        """The unwrapped document of the selection."""
         return self.ads[0].vast if self.ads else None

@@ -20,14 +20,15 @@ from types import TracebackType
 from urllib.parse import quote, unquote_plus, urlencode, urljoin
 
 import msgspec
+from lxml.etree import _Element
 
 from models.context import SessionContext
 from streams.macros import Macros
-from streams.vast import chain
+from streams.vast import chain, unwrap
 from streams.vast.breaker import CircuitBreaker, endpoint_of
 from streams.vast.cache import ResponseCache, cache_ttl
 from streams.vast.deadline import Deadline
-from streams.vast.document import Ad, Document
+from streams.vast.document import Ad
 from streams.vast.errors import (
     CircuitOpen,
     DeadlinePassed,
@@ -40,11 +41,12 @@ from streams.vast.errors import (
     WrapperLimitReached,
     WrapperLoop,
 )
-from streams.vast.parse import DEFAULT_MAX_ADS, parse_vast
+from streams.vast.parse import DEFAULT_MAX_ADS, Parsed, parse_tree
 from streams.vast.pixels import ErrorPixels
 from streams.vast.result import ErrorReport, Hop, ResolvedAd, Status, VastResult
 from streams.vast.retry import NO_RETRIES, RetryPolicy
 from streams.vast.transport import Fetched, VastTransport
+from streams.vast.unwrap import Unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -160,26 +162,25 @@ class VastUpstream:
 class _Loaded:
     """A fetched document, with the URL its relative VASTAdTagURIs resolve against."""
 
-    __slots__ = ("_served", "body", "document", "url")
+    __slots__ = ("document", "elements", "url")
 
-    def __init__(self, url: str, document: Document, body: bytes) -> None:
+    def __init__(self, url: str, parsed: Parsed) -> None:
         self.url = url
-        self.document = document
-        self.body = body
-        self._served: str | ResponseTooLarge | None = None
+        self.document = parsed.document
+        self.elements = parsed.elements
 
-    def served(self, macros: Macros, max_chars: int) -> str:
-        """The document as its ads are served, expanded on first use, once for all of them
-        (and refused once, if it is too large)."""
-        if self._served is None:
-            text = self.body.decode(self.document.encoding, errors="replace")
-            try:
-                self._served = chain.expand_document(text, macros, max_chars)
-            except ResponseTooLarge as exc:
-                self._served = exc
-        if isinstance(self._served, ResponseTooLarge):
-            raise ResponseTooLarge(str(self._served))
-        return self._served
+    def element(self, ad: Ad) -> _Element:
+        """The `<Ad>` element `ad` was read from."""
+        for candidate, element in zip(self.document.ads, self.elements, strict=True):
+            if candidate is ad:
+                return element
+        raise ValueError("the ad is not of this document")
+
+
+_Above = tuple[tuple[_Element, str], ...]
+"""The `<Ad>` elements of the Wrappers above an ad, outermost first, each with its document's
+namespace."""
+_Served = tuple[ResolvedAd, Unwrapped]
 
 
 class _Resolution:
@@ -212,22 +213,43 @@ class _Resolution:
         key = cache.key(template, self.params) if cache else None
         rules = chain.Rules(allow_multiple_ads=self.upstream.allow_multiple_ads)
         try:
-            ads = await self._follow(url, key, (), frozenset(), rules)
+            served = await self._follow(url, key, (), (), frozenset(), rules)
+            ads = self._unwrapped(served)
         except VastError as exc:
             if not exc.reported:
                 self._report(exc, ())
             status: Status = "no_ad" if isinstance(exc, NoAdError) else "error"
             return VastResult(status, exc.code, (), tuple(self.hops), tuple(self.reports))
-        return VastResult("inline", None, tuple(ads), tuple(self.hops), tuple(self.reports))
+        return VastResult("inline", None, ads, tuple(self.hops), tuple(self.reports))
+
+    def _unwrapped(self, served: Sequence[_Served]) -> tuple[ResolvedAd, ...]:
+        """The ads with the one document they are served in. Raises ResponseTooLarge (100),
+        reported to the ads' error URLs, when an ad and that document pass `max_ad_chars`."""
+        vast = unwrap.document(
+            [unwrapped for _, unwrapped in served], [ad.sequence for ad, _ in served]
+        )
+        ads = tuple(
+            [
+                msgspec.structs.replace(ad, vast=vast, unsafe_urls=unwrapped.unsafe_urls)
+                for ad, unwrapped in served
+            ]
+        )
+        limit = self.upstream.max_ad_chars
+        if any(len(vast) + chain.chars(ad) > limit for ad in ads):
+            exc = ResponseTooLarge(f"the unwrapped document and an ad's URLs pass {limit} chars")
+            self._report(exc, list(dict.fromkeys(url for ad in ads for url in ad.errors)))
+            raise exc
+        return ads
 
     async def _follow(
         self,
         url: str,
         key: str | None,
         wrappers: tuple[Ad, ...],
+        above: _Above,
         visited: frozenset[str],
         rules: chain.Rules,
-    ) -> list[ResolvedAd]:
+    ) -> list[_Served]:
         """Fetch the document at `url` and resolve the ads `rules` select from it."""
         if url in visited:
             raise WrapperLoop(f"{url} is already in this chain")
@@ -240,13 +262,13 @@ class _Resolution:
             raise
         visited = visited | {url, loaded.url}
         if len(targets) == 1:
-            outcomes = [await self._slot(targets[0], fallbacks, loaded, wrappers, visited)]
+            outcomes = [await self._slot(targets[0], fallbacks, loaded, wrappers, above, visited)]
         else:
             # The pod's ads resolve concurrently; siblings may share a URL, since each one's
             # cycle check sees only its own chain.
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._slot(ad, fallbacks, loaded, wrappers, visited))
+                    group.create_task(self._slot(ad, fallbacks, loaded, wrappers, above, visited))
                     for ad in targets
                 ]
             outcomes = [task.result() for task in tasks]
@@ -261,14 +283,15 @@ class _Resolution:
         fallbacks: deque[Ad],
         loaded: _Loaded,
         wrappers: tuple[Ad, ...],
+        above: _Above,
         visited: frozenset[str],
-    ) -> list[ResolvedAd] | VastError:
+    ) -> list[_Served] | VastError:
         """Resolve `ad`, or the stand-alone ads that may replace it, in turn. Returns the
         first failure when none resolves."""
         first_failure: VastError | None = None
         while True:
             try:
-                return await self._resolve_ad(ad, loaded, wrappers, visited)
+                return await self._resolve_ad(ad, loaded, wrappers, above, visited)
             except VastError as exc:
                 if not exc.reported:
                     self._report(exc, chain.error_urls((*wrappers, ad)))
@@ -280,33 +303,42 @@ class _Resolution:
             ad = fallbacks.popleft()
 
     async def _resolve_ad(
-        self, ad: Ad, loaded: _Loaded, wrappers: tuple[Ad, ...], visited: frozenset[str]
-    ) -> list[ResolvedAd]:
+        self,
+        ad: Ad,
+        loaded: _Loaded,
+        wrappers: tuple[Ad, ...],
+        above: _Above,
+        visited: frozenset[str],
+    ) -> list[_Served]:
+        element = loaded.element(ad)
+        document = loaded.document
         if ad.wrapper is None:
             if not ad.creatives:
                 raise NoAdError("an InLine ad without creatives")
-            upstream = self.upstream
-            document = loaded.served(self.macros, upstream.max_ad_chars)
             resolved = chain.resolve_ad(
-                ad,
-                wrappers,
-                self.macros,
-                document,
-                max_chars=upstream.max_ad_chars,
-                deadline=self.cpu_deadline,
+                ad, wrappers, max_chars=self.upstream.max_ad_chars, deadline=self.cpu_deadline
             )
-            return [resolved]
+            unwrapped = unwrap.unwrap_ad(element, document.namespace, document.version, above)
+            return [(resolved, unwrapped)]
         if len(wrappers) >= self.upstream.max_depth:
             raise WrapperLimitReached(f"more than {self.upstream.max_depth} Wrappers in a chain")
         uri = ad.wrapper.ad_tag_uri
         url = urljoin(loaded.url, self.macros.expand(uri))
         cache = self.upstream.cache
         key = cache.key(urljoin(loaded.url, uri)) if cache else None
-        ads = await self._follow(url, key, (*wrappers, ad), visited, chain.Rules.of(ad.wrapper))
-        if len(ads) == 1 and ad.sequence is not None:
+        served = await self._follow(
+            url,
+            key,
+            (*wrappers, ad),
+            (*above, (element, document.namespace)),
+            visited,
+            chain.Rules.of(ad.wrapper),
+        )
+        if len(served) == 1 and ad.sequence is not None:
             # A Wrapper's place in a pod passes to the one ad it resolved to.
-            return [msgspec.structs.replace(ads[0], sequence=ad.sequence)]
-        return ads
+            ((resolved, unwrapped),) = served
+            return [(msgspec.structs.replace(resolved, sequence=ad.sequence), unwrapped)]
+        return served
 
     async def _load(self, url: str, key: str | None) -> _Loaded:
         cache = self.upstream.cache
@@ -315,19 +347,19 @@ class _Resolution:
             body = await cache.get(key)
             if body is not None:
                 self.hops.append(Hop(url, 200, _ms_since(started), cached=True))
-                return _Loaded(url, self._parse(body), body)
+                return _Loaded(url, self._parse(body))
         fetched = await self._get(url)
         if fetched.status == 204 or not fetched.body or fetched.body.isspace():  # strip() copies
             raise NoAdError(f"empty response from {url}")
-        document = self._parse(fetched.body)
-        if cache is not None and key is not None and document.ads:
+        parsed = self._parse(fetched.body)
+        if cache is not None and key is not None and parsed.document.ads:
             ttl = cache_ttl(fetched.cache_control, self.upstream.cache_ttl)
             if ttl is not None:
                 await cache.set(key, fetched.body, ttl)
-        return _Loaded(fetched.url, document, fetched.body)
+        return _Loaded(fetched.url, parsed)
 
-    def _parse(self, body: bytes) -> Document:
-        return parse_vast(body, max_ads=self.upstream.max_ads, deadline=self.cpu_deadline)
+    def _parse(self, body: bytes) -> Parsed:
+        return parse_tree(body, max_ads=self.upstream.max_ads, deadline=self.cpu_deadline)
 
     async def _get(self, url: str) -> Fetched:
         """One hop: GET with retries, within the hop timeout and the chain deadline."""

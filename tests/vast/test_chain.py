@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from urllib.parse import quote, unquote
 
 import pytest
-from lxml import etree
 
-from models.context import SessionContext
-from streams.macros import Macros
-from streams.vast import NoAdError, WrapperError, parse_vast
-from streams.vast.chain import Rules, expand_document, may_fall_back, plan, resolve_ad
-from streams.vast.document import Ad, Creative, Tracking, Wrapper
+from streams.vast import NoAdError, ResponseTooLarge, WrapperError, parse_vast
+from streams.vast.chain import Rules, may_fall_back, plan, resolve_ad
+from streams.vast.document import Ad, Creative, Tracking, ViewableImpression, Wrapper
 from tests.upstream import inline, vast, wrapper
 
 MANY = Rules(allow_multiple_ads=True)
@@ -97,8 +93,7 @@ def test_fallback_on_no_ad(ad: Ad, expected: bool) -> None:
     assert may_fall_back(ad) is expected
 
 
-def test_merge_order_and_macros() -> None:
-    context = SessionContext.create(timestamp=0)
+def test_merge_order_keeps_macros_for_whoever_fires() -> None:
     outer = Ad(
         impressions=("http://o/imp?cb=[CACHEBUSTING]",),
         errors=("http://o/err?e=[ERRORCODE]",),
@@ -109,13 +104,18 @@ def test_merge_order_and_macros() -> None:
                 click_tracking=("http://o/click",),
                 click_through="http://o/through",
             ),
-            Creative(kind="companion", tracking=(Tracking("creativeView", "http://o/view"),)),
+            Creative(
+                kind="companion",
+                tracking=(Tracking("creativeView", "http://o/view"),),
+                click_tracking=("http://o/companion-click",),
+            ),
         ),
         wrapper=Wrapper("http://inner"),
     )
     inner = Ad(
         impressions=("http://i/imp",),
         creatives=(Creative(kind="linear", tracking=(Tracking("start", "http://i/start"),)),),
+        viewable_impression=ViewableImpression(viewable=("http://i/viewable",)),
         wrapper=Wrapper("http://inline"),
     )
     ad = Ad(
@@ -125,50 +125,45 @@ def test_merge_order_and_macros() -> None:
         creatives=(
             Creative(
                 kind="linear",
-                tracking=(Tracking("start", "http://a/start?t=[TIMESTAMP]"),),
+                tracking=(Tracking("start", "http://a/start?t=[TIMESTAMP]&p=[ADPLAYHEAD]"),),
                 click_tracking=("http://a/click",),
             ),
             Creative(kind="nonlinear"),
+            Creative(kind="companion", click_tracking=("http://a/companion-click",)),
         ),
+        viewable_impression=ViewableImpression(not_viewable=("http://a/not-viewable",)),
     )
 
-    macros = Macros(context)
-    document = expand_document("<VAST>[CACHEBUSTING]</VAST>", macros, 1000)
-    resolved = resolve_ad(ad, [outer, inner], macros, document)
+    resolved = resolve_ad(ad, [outer, inner])
 
     assert resolved.impressions == (
-        f"http://o/imp?cb={context.cachebusting}",
+        "http://o/imp?cb=[CACHEBUSTING]",
         "http://i/imp",
         "http://a/imp",
     )
     assert resolved.errors == ("http://o/err?e=[ERRORCODE]", "http://a/err")
-    linear, nonlinear = resolved.creatives
+    wrapper_companion, linear, nonlinear, companion = resolved.creatives
     assert [t.url for t in linear.tracking] == [
-        "http://a/start?t=1970-01-01T00%3A00%3A00.000%2B00%3A00",
+        "http://a/start?t=[TIMESTAMP]&p=[ADPLAYHEAD]",
         "http://i/start",
         "http://o/start",
     ]
     assert linear.click_tracking == ("http://a/click", "http://o/click")
     assert linear.click_through == "http://o/through"
-    # Companion tracking stays with companions; the InLine has none.
     assert nonlinear.tracking == ()
-    assert resolved.vast == f"<VAST>{context.cachebusting}</VAST>"
+    # The Wrapper's companion is served as a companion, and its click trackers go to the
+    # InLine's companions too (vast-client-js's rule).
+    assert wrapper_companion.tracking == (Tracking("creativeView", "http://o/view"),)
+    assert wrapper_companion.click_tracking == ("http://o/companion-click",)
+    assert companion.click_tracking == ("http://a/companion-click", "http://o/companion-click")
+    assert resolved.viewable_impression == ViewableImpression(
+        viewable=("http://i/viewable",), not_viewable=("http://a/not-viewable",)
+    )
     assert resolved.wrappers == 2
 
 
-def test_a_value_cannot_break_out_of_a_single_quoted_attribute_of_the_document() -> None:
-    # encodeURIComponent keeps ', so in a URL it stays; in the document it would end the
-    # attribute it lands in and let the request's params write markup.
-    page = "http://site/?q=' onload='x"
-    document = vast(inline(impression="http://i/imp?page=[PAGEURL]"))
-    document = document.replace("<Ad ", "<Ad data-page='[PAGEURL]' ", 1)
-    ad = parse_vast(document.encode()).ads[0]
-
-    macros = Macros(SessionContext.create(), {"PAGEURL": page})
-    resolved = resolve_ad(ad, [], macros, expand_document(document, macros, 100_000))
-
-    element = etree.fromstring(resolved.vast.encode()).find("Ad")
-    assert element is not None
-    assert unquote(element.get("data-page") or "") == page
-    assert set(element.attrib) == {"id", "data-page"}
-    assert resolved.impressions == ("http://i/imp?page=" + quote(page, safe="!'()*"),)
+def test_an_ad_past_its_budget_is_refused() -> None:
+    ad = parse_vast(vast(inline(impression="http://i/" + "x" * 100)).encode()).ads[0]
+    assert resolve_ad(ad, [], max_chars=1000).impressions
+    with pytest.raises(ResponseTooLarge):
+        resolve_ad(ad, [], max_chars=100)

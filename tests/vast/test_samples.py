@@ -78,7 +78,13 @@ async def test_wrapper_a_b_sample_merges_the_trackers_of_all_three(
         f"{EXAMPLE}/impression1",
     )
     assert ad.errors == (f"{EXAMPLE}/wrapperA-error", f"{EXAMPLE}/wrapperB-error")
-    (linear,) = ad.creatives
+    # The Wrappers' companions are served as companions, outermost first.
+    companion_a, companion_b, linear = ad.creatives
+    assert [(c.kind, c.id) for c in (companion_a, companion_b)] == [
+        ("companion", "a:ca1"),
+        ("companion", "b:ca1"),
+    ]
+    assert f"{EXAMPLE}/wrapperA-companion1-click-tracking" in companion_b.click_tracking
     assert linear.kind == "linear"
     assert linear.id == "id873421"
     assert linear.click_tracking == (
@@ -105,7 +111,7 @@ async def test_wrapper_a_b_sample_merges_the_trackers_of_all_three(
         "90%",
     )
     assert linear.media_files[0].url == f"{EXAMPLE}/vpaid.js"
-    assert ad.vast.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<VAST version="4.3">')
+    assert ad.vast.startswith("<?xml version='1.0' encoding='UTF-8'?>\n<VAST version=\"4.3\">")
 
 
 async def test_wrapper_b_alone(
@@ -139,16 +145,15 @@ async def test_sample_at_the_root_is_its_ad_pod(
         ("application/javascript", 512, 288),
     ]
     assert len(linear.tracking) == 8
-    # Macros: [CACHEBUSTING] from the context, [ASSETURI] known but unknown here (-1);
-    # [random] and [RANDOM] are not IAB macros and stay.
+    # Handed on: macros stay for whoever fires them, who knows [ASSETURI].
     assert ad.impressions == (
-        f"{EXAMPLE}/impression1_asset:-1_{context.cachebusting}",
+        f"{EXAMPLE}/impression1_asset:[ASSETURI]_[CACHEBUSTING]",
         f"{EXAMPLE}/impression2_[random]",
         f"{EXAMPLE}/impression3_[RANDOM]",
     )
     assert ad.errors == (f"{EXAMPLE}/error_[ERRORCODE]",)
     assert linear.click_tracking[0] == (
-        f"{EXAMPLE}/linear-clicktracking1_ts:2023-11-14T22%3A13%3A20.123%2B00%3A00_adplayhead:-1"
+        f"{EXAMPLE}/linear-clicktracking1_ts:[TIMESTAMP]_adplayhead:[ADPLAYHEAD]"
     )
     companion = ad.creatives[1]
     assert companion.click_tracking == (
@@ -159,9 +164,9 @@ async def test_sample_at_the_root_is_its_ad_pod(
     nonlinear = ad.creatives[2]
     assert nonlinear.click_through == f"{EXAMPLE}/nonlinear-clickthrough"
     assert len(nonlinear.tracking) == 6
-    # The whole document, macros substituted: the cachebuster is in, the template is gone.
-    assert f"impression1_asset:-1_{context.cachebusting}" in ad.vast
-    assert "[CACHEBUSTING]" not in ad.vast
+    # The document holds the pod's ad only (ad_id_0002 is the buffet), templates kept.
+    assert "impression1_asset:[ASSETURI]_[CACHEBUSTING]" in ad.vast
+    assert "ad_id_0002" not in ad.vast
 
 
 def test_sample_parses_to_two_ads() -> None:
@@ -296,7 +301,8 @@ async def test_legacy_wrapper_url_element(
     assert ad.id == "20001"
     assert ad.impressions == (f"{EXAMPLE}/wrapper-impression", f"{EXAMPLE}/track/impression")
     assert ad.errors == (f"{EXAMPLE}/wrapper-error", f"{EXAMPLE}/error")
-    media = ad.creatives[0].media_files[0]
+    assert [c.kind for c in ad.creatives] == ["companion", "linear"]
+    media = ad.creatives[1].media_files[0]
     assert (media.type, media.width, media.height) == ("video/mp4", 400, 300)
     assert media.url == "https://iabtechlab.com/wp-content/uploads/2016/07/VAST-4.0-Short-Intro.mp4"
 
