@@ -14,6 +14,7 @@ from streams.vast import (
     UnsupportedVersion,
     parse_vast,
 )
+from streams.vast.parse import is_safe_url
 from tests.upstream import inline, vast, wrapper
 
 IAB_NAMESPACE = "http://www.iab.com/VAST"
@@ -206,3 +207,25 @@ def test_nesting_past_libxml2s_depth_limit_is_100() -> None:
     body = b'<VAST version="4.0">' + b"<x>" * depth + b"</x>" * depth + b"</VAST>"
     with pytest.raises(DocumentError):
         parse_vast(body)
+
+
+@pytest.mark.parametrize(
+    ("url", "safe"),
+    [
+        ("https://ads.example.com/i?x=1", True),
+        ("HTTP://ads.example.com/i", True),
+        ("//cdn.example.com/v.mp4", True),
+        ("/relative/path", True),
+        ("[DOMAIN]/pixel?t=[TIMESTAMP]", True),
+        ("javascript:alert(1)", False),
+        (" JaVa\tScRiPt:alert(1)", False),
+        ("java\nscript:alert(1)", False),
+        ("\x00javascript:alert(1)", False),
+        ("data:text/html,<script>", False),
+        ("file:///etc/passwd", False),
+        ("ftp://files.example.com/a", False),
+        ("vbscript:msgbox", False),
+    ],
+)
+def test_only_http_urls_are_handed_on(url: str, safe: bool) -> None:
+    assert is_safe_url(url) is safe
