@@ -61,7 +61,7 @@ def parse_frame(text: str) -> Frame:
 
 
 def short_path(file: str) -> str:
-    """The path from the package root: `faust/streams.py`, `streams/stages/decide.py`."""
+    """The path from the package root: `faust/streams.py`, `streams/worker/decide_stage.py`."""
     if "site-packages/" in file:
         return file.rsplit("site-packages/", 1)[1]
     path = Path(file)

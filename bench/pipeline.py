@@ -83,7 +83,6 @@ from models.events import SCHEMA_VERSION, Budget, Campaign, FrequencyCap
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
 VAST_SAMPLE = REPO / "tests" / "data" / "vast-client-js-samples" / "inline-linear.xml"
-ADSTREAM_WORKER = REPO / "streams" / "worker.py"
 READY_PATH = "/adstream/ready/"
 
 CAMPAIGN_IDS = tuple(f"campaign-{i}" for i in range(8))
@@ -131,9 +130,9 @@ class Contender(msgspec.Struct, frozen=True):
 
 
 def contenders(vast_url: str) -> list[Contender]:
-    """Every contender this checkout has, in report order: the plug-in point for adstream."""
+    """Every contender, in report order."""
     stand_in = {VAST_URL_ENV: vast_url}
-    found = [
+    return [
         Contender("limit", (sys.executable, "-m", "bench._limit"), stand_in),
         Contender(
             "peer",
@@ -145,10 +144,8 @@ def contenders(vast_url: str) -> list[Contender]:
             reads=(REQUESTS, PEER_BY_CAMPAIGN),
             writes=(PEER_BY_CAMPAIGN, SERVED, DENIED),
         ),
+        adstream_contender(),
     ]
-    if ADSTREAM_WORKER.exists():
-        found.append(adstream_contender())
-    return found
 
 
 def adstream_contender(settings: Mapping[str, str] | None = None) -> Contender:
@@ -511,7 +508,7 @@ async def run_all(options: Options, services: Services, work_dir: Path) -> dict[
         }
         for name in options.only:
             if name not in available:
-                note = f"{ADSTREAM_WORKER.relative_to(REPO)} does not exist yet"
+                note = "no such contender"
                 print(f"{name}: skipped, {note}", flush=True)
                 report["skipped"][name] = note
                 continue

@@ -154,7 +154,7 @@ FINDINGS = """\
 
 Fixed in the worker while writing these scenarios (each is covered by a scenario here):
 
-- **Moved tables were not restored** (`streams/faust_patches.py`, item 8): with exactly-once
+- **Moved tables were not restored** (`streams/worker/faust_seam.py`, item 8): with exactly-once
   Faust read changelog highwaters from aiokafka's cache of last stable offsets, empty for
   partitions the worker had not fetched yet, so a worker taking over partitions decided on
   empty tables (duplicates, caps exceeded, `campaign_unknown`) or crashed with
@@ -167,7 +167,7 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   (status 70) like after a SIGKILL, and a supervisor restarts it.
 - `infra.broker.KafkaBroker` could not restart on its own data (it formatted it again).
 - **Restores could silently skip a changelog partition, and every restore waited 10 s**
-  (`streams/faust_patches.py`, items 9 and 10). Faust handed aiokafka its live set of
+  (`streams/worker/faust_seam.py`, items 9 and 10). Faust handed aiokafka its live set of
   active partitions; a rebalance emptied it while a fetch waited, aiokafka read the empty
   set as "every partition" and returned the records of paused changelog partitions, and
   Faust, its flow stopped, dropped them after their positions had moved on. When such a

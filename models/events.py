@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from models.ad import Hop, ServedAd
 from models.context import SessionContext, user_id_of
-from streams.vast.result import Hop, ServedAd
 
 SCHEMA_VERSION = 1
 
@@ -151,7 +151,7 @@ class AdDenied(RequestFields, frozen=True):
 
 class DeadLetter(msgspec.Struct, frozen=True):
     """A message the worker could not use, kept for operators: whole up to a bound, else a
-    prefix with the original size and hash (`streams.stages.outputs.dead_letter_of`)."""
+    prefix with the original size and hash (`streams.worker.outputs.dead_letter_of`)."""
 
     schema: int
     key: str | None

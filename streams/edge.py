@@ -139,10 +139,12 @@ class EdgePublisher:
             await self._producer.start()
         except KafkaError as exc:
             await self._producer.stop()
+            await self._consumer.stop()
             raise PublishError(
                 f"cannot reach the Kafka broker at {self._bootstrap}: {exc!r}"
             ) from exc
         if not self._wait_for_decisions:
+            await self._consumer.stop()  # never used: closed, or it is reported as leaked
             return
         try:
             await self._consumer.start()

@@ -38,7 +38,7 @@ import msgspec
 
 from models.events import Campaign, FrequencyCap
 from models.money import from_micros, to_micros
-from streams.decisions import Decision
+from streams.decision_reader import Decision
 from streams.state.campaigns import CampaignRules, Cap
 
 DAY_MS = 86_400_000

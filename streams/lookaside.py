@@ -26,19 +26,17 @@ import math
 import httpx
 import msgspec
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams.metrics import Metrics
-from streams.stages.decide import StateChanges
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules, Cap
 from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
 from streams.state.spend import Spend
-from streams.tables import split_frequency_key
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +97,16 @@ def spend_key(prefix: str, campaign_id: str) -> str:
     return f"{prefix}adstream:spend:{campaign_id}"
 
 
+class StateChanges(msgspec.Struct):
+    """What one batch committed, for the Redis lookaside."""
+
+    caps: dict[tuple[str, str], tuple[Impressions, CampaignRules]] = msgspec.field(
+        default_factory=dict
+    )
+    """Per (campaign_id, user_id) of a capped campaign: the user's impressions now."""
+    spend: dict[str, tuple[Spend, CampaignRules]] = msgspec.field(default_factory=dict)
+
+
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
     """A client that retries a command once on a fresh connection: after Redis restarts,
     every pooled connection is dead, and the first write would otherwise be lost."""
@@ -119,18 +127,18 @@ def cap_ttl_s(caps: list[Cap]) -> int:
 class RedisLookaside:
     """The worker's side: best-effort, pipelined write-through."""
 
-    def __init__(self, url: str, *, prefix: str = "", metrics: Metrics | None = None) -> None:
+    def __init__(self, url: str, *, prefix: str = "", errors: Counter | None = None) -> None:
         self.client = connect(url, timeout_s=0.5)
         self.prefix = prefix
-        self.metrics = metrics
+        self.errors = errors
+        """Counts failed writes (the worker's `adstream_redis_errors`)."""
         self._queued: dict[str, tuple[bytes, int]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._encoder = msgspec.json.Encoder()
 
     def write(self, changes: StateChanges) -> None:
         """Queue the batch's changes; a single background writer sends them."""
-        for key, (impressions, rules) in changes.caps.items():
-            campaign_id, user_id = split_frequency_key(key)
+        for (campaign_id, user_id), (impressions, rules) in changes.caps.items():
             view = cap_view(impressions, rules)
             self._queued[cap_key(self.prefix, campaign_id, user_id)] = (
                 self._encoder.encode(view),
@@ -153,8 +161,8 @@ class RedisLookaside:
                         pipe.set(key, value, ex=ttl)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
-                if self.metrics is not None:
-                    self.metrics.redis_errors.inc()
+                if self.errors is not None:
+                    self.errors.inc()
                 log.warning("lookaside write of %d keys failed: %s", len(batch), exc)
                 # Keep the newest value of each key for the next attempt, within bounds:
                 # after a long outage edges fall back to the worker for what was dropped.

@@ -25,7 +25,7 @@ from streams.lookaside import SpendView
 from streams.state.campaigns import CampaignRules
 from streams.state.frequency import MAX_KEPT_IMPRESSIONS, Impressions, kept_count
 from streams.state.spend import Spend, exceeded_budget, utc_day
-from streams.tables import CapEntry
+from streams.worker.tables import CapEntry
 
 INT64_MAX = 2**63 - 1
 LAST_MS = MAX_TIMESTAMP_MS - 1

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.admin import ensure_changelogs
-from streams.tables import Tables, changelog_partitions
+from streams.worker.tables import Tables, changelog_partitions
 
 
 async def test_changelogs_created_as_faust_would(kafka_bootstrap: str, unique_name: str) -> None:

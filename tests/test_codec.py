@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.ad import Creative, Hop, MediaFile, ServedAd, Tracking
 from models.codec import (
     MAX_COOKIE_BYTES,
     MAX_COOKIES,
@@ -33,8 +34,6 @@ from models.events import (
     DeadLetter,
     FrequencyCap,
 )
-from streams.vast.document import Creative, MediaFile, Tracking
-from streams.vast.result import Hop, ServedAd
 
 T0 = 1_700_000_000_000
 

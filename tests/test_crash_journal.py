@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.crash_journal import CrashJournal, Span, Suspect, after_crash, handling
+from streams.worker.crash_journal import CrashJournal, Span, Suspect, after_crash, handling
 
 
 @dataclass

@@ -21,7 +21,7 @@ from models.codec import InvalidEvent, decode_request
 from models.context import user_id_of, user_key
 from models.events import Campaign
 from streams.admin import read_campaigns
-from streams.decisions import Decision
+from streams.decision_reader import Decision
 from streams.demo.run import CAMPAIGNS
 from streams.demo.summary import Expected, render, summarize
 from streams.demo.traffic import HOUR_MS, UNKNOWN_CAMPAIGN, TrafficPlan, generate

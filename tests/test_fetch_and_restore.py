@@ -1,4 +1,4 @@
-"""`streams.faust_patches` items 9 to 11 against the real broker: Faust's fetches take only
+"""`streams.worker.faust_seam` items 9 to 11 against the real broker: Faust's fetches take only
 the partitions it asks for and give back what it drops, events cleared from its queues are
 fetched again, and a changelog's end for a restore is its last committed record, not the
 transaction markers and aborted records after it."""
@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, Message
 
-from streams.faust_patches import (
+from streams.worker.faust_seam import (
     Fetched,
     SkippedEvents,
     changelog_ends,

@@ -1,7 +1,7 @@
 """The layers of the code, checked in a fresh interpreter: what each part may load.
 
-Offline commands (audit, billing, campaign files) run where no worker runs and must not need
-Faust; the event schema is the bottom layer."""
+Offline commands (audit, billing, campaign files) and the edge's library run where no worker
+runs and must not need Faust; the event schema is the bottom layer, needing no I/O library."""
 
 from __future__ import annotations
 
@@ -24,3 +24,14 @@ def loaded_after(module: str) -> set[str]:
 )
 def test_offline_commands_do_not_load_faust(module: str) -> None:
     assert "faust" not in loaded_after(module)
+
+
+@pytest.mark.parametrize("module", ["streams.edge", "streams.lookaside"])
+def test_what_edges_import_does_not_load_faust(module: str) -> None:
+    assert "faust" not in loaded_after(module)
+
+
+def test_the_event_schema_is_the_bottom_layer() -> None:
+    loaded = loaded_after("models, models.events, models.codec, models.ad")
+    assert "streams" not in loaded
+    assert not loaded & {"httpx", "aiohttp", "redis", "aiokafka", "kafka", "lxml", "faust"}

@@ -8,7 +8,7 @@ import hashlib
 
 from models.codec import MAX_RECORD_BYTES, decode, encode
 from models.events import DeadLetter
-from streams.stages.outputs import (
+from streams.worker.outputs import (
     KEPT_ERROR_CHARS,
     KEPT_KEY_BYTES,
     KEPT_VALUE_BYTES,

@@ -19,7 +19,7 @@ from models.money import from_micros, to_micros
 from streams.audit.findings import LedgerSummary, Violation
 from streams.audit.window import Window
 from streams.billing.ledger import Charge
-from streams.decisions import Decision
+from streams.decision_reader import Decision
 
 
 def reconcile(

@@ -47,11 +47,11 @@ from streams.audit.findings import (
     ViolationKind,
 )
 from streams.audit.window import Window, iso
-from streams.decide import DecisionBook, Deny
-from streams.decisions import Decision
+from streams.decision_reader import Decision
 from streams.invariants import budget_breaches, cap_breaches, spend_by_campaign, spend_by_day
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
+from streams.state.decision_book import DecisionBook, Deny
 
 DUPLICATE_WINDOW_MS = 24 * 3_600_000
 """docs/design.md: a request_id seen again within (at least) 24 h of event time gets no decision."""

@@ -21,7 +21,7 @@ from streams.cli.infra import check_all, echo_health
 from streams.demo.run import DemoFailed, DemoOptions, run_demo
 from streams.demo.summary import Summary
 from streams.settings import Settings
-from streams.worker_process import WorkerFailed
+from streams.worker.process import WorkerFailed
 
 DEFAULTS = DemoOptions()
 

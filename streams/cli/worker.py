@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import msgspec
 
-from streams import worker as worker_runner
 from streams.settings import Settings
+from streams.worker import runner as worker_runner
 
 
 @click.command("worker")

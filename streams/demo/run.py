@@ -28,13 +28,13 @@ from aiokafka import AIOKafkaProducer
 from infra.process import free_port
 from models.events import Campaign
 from streams.admin import ensure_topics, publish_campaigns, read_campaigns
-from streams.decisions import DecisionReader
+from streams.decision_reader import DecisionReader
 from streams.demo.summary import Expected, Summary, render, summarize
 from streams.demo.traffic import Message, Traffic, TrafficPlan, generate
 from streams.demo.upstream import DemoUpstream, rebase
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.worker_process import WorkerProcess
+from streams.worker.process import WorkerProcess
 
 PARTITIONS = 4
 """Enough to show the repartitioning by user and by campaign; few, on a small machine."""

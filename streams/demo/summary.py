@@ -16,7 +16,7 @@ import msgspec
 
 from models.events import Campaign, DenialReason, FrequencyCap
 from models.money import from_micros
-from streams.decisions import Decision
+from streams.decision_reader import Decision
 from streams.invariants import (
     DAY_MS,
     budget_violations,

@@ -12,9 +12,10 @@ Modules: `parse` (bytes to `Document`), `chain` (the wrapper-chain rules, pure),
 reporting), `upstream`.
 """
 
+from models.ad import Creative, Hop, MediaFile, ServedAd, Tracking
 from streams.vast.breaker import CircuitBreaker
 from streams.vast.cache import ResponseCache
-from streams.vast.document import Ad, Creative, Document, MediaFile, Tracking, Wrapper
+from streams.vast.document import Ad, Document, Wrapper
 from streams.vast.errors import (
     BlockedAddress,
     CircuitOpen,
@@ -39,7 +40,7 @@ from streams.vast.errors import (
     WrapperLoop,
 )
 from streams.vast.parse import parse_vast
-from streams.vast.result import ErrorReport, Hop, ResolvedAd, ServedAd, Status, VastResult
+from streams.vast.result import ErrorReport, ResolvedAd, Status, VastResult
 from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
 from streams.vast.upstream import RetryMiddleware, VastUpstream

@@ -13,18 +13,11 @@ from typing import NamedTuple
 
 import msgspec
 
+from models.ad import Creative, CreativeKind, ServedAd, Tracking, ViewableImpression
 from streams.vast.deadline import NO_DEADLINE, Deadline
-from streams.vast.document import (
-    Ad,
-    Creative,
-    CreativeKind,
-    Document,
-    Tracking,
-    ViewableImpression,
-    Wrapper,
-)
+from streams.vast.document import Ad, Document, Wrapper
 from streams.vast.errors import NoAdError, ResponseTooLarge, WrapperError
-from streams.vast.result import ResolvedAd, ServedAd
+from streams.vast.result import ResolvedAd
 
 DEFAULT_MAX_AD_CHARS = 1_000_000
 """What one resolved ad may hold: its document and URLs. Kept in

@@ -1,59 +1,15 @@
-"""A parsed VAST document: the parts resolution and the `ad-served` event need, as plain Structs.
+"""A parsed VAST document: the parts resolution needs, as plain Structs. The parts the
+`ad-served` event carries (`Creative`, `MediaFile`, `Tracking`, `ViewableImpression`) are
+`models.ad`'s, re-exported here.
 
-URLs here are templates: macros are left as the upstream wrote them, for whoever fires them
-(`streams.macros.expand`). URLs with a scheme other than http or https are left out
-(`streams.vast.parse.is_safe_url`).
+URLs with a scheme other than http or https are left out (`streams.vast.parse.is_safe_url`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
-CreativeKind = Literal["linear", "nonlinear", "companion"]
-
-
-class MediaFile(msgspec.Struct, frozen=True, omit_defaults=True):
-    url: str
-    delivery: str | None = None
-    type: str | None = None
-    width: int | None = None
-    height: int | None = None
-    bitrate: int | None = None
-    codec: str | None = None
-    api_framework: str | None = None
-    id: str | None = None
-
-
-class Tracking(msgspec.Struct, frozen=True, omit_defaults=True):
-    event: str
-    url: str
-    offset: str | None = None
-    """For `progress` events: a time (`HH:MM:SS[.mmm]`) or a percentage."""
-
-
-class Creative(msgspec.Struct, frozen=True, omit_defaults=True):
-    kind: CreativeKind
-    id: str | None = None
-    ad_id: str | None = None
-    sequence: int | None = None
-    api_framework: str | None = None
-    duration: str | None = None
-    skip_offset: str | None = None
-    media_files: tuple[MediaFile, ...] = ()
-    tracking: tuple[Tracking, ...] = ()
-    click_through: str | None = None
-    click_tracking: tuple[str, ...] = ()
-    custom_clicks: tuple[str, ...] = ()
-
-
-class ViewableImpression(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The pixels a player fires once it knows whether the ad was viewable (IAB VAST 4.x)."""
-
-    viewable: tuple[str, ...] = ()
-    not_viewable: tuple[str, ...] = ()
-    view_undetermined: tuple[str, ...] = ()
+from models.ad import Creative, ViewableImpression
 
 
 class Wrapper(msgspec.Struct, frozen=True):

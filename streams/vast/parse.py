@@ -16,17 +16,9 @@ from typing import NamedTuple
 
 from lxml import etree
 
+from models.ad import Creative, CreativeKind, MediaFile, Tracking, ViewableImpression
 from streams.vast.deadline import NO_DEADLINE, Deadline
-from streams.vast.document import (
-    Ad,
-    Creative,
-    CreativeKind,
-    Document,
-    MediaFile,
-    Tracking,
-    ViewableImpression,
-    Wrapper,
-)
+from streams.vast.document import Ad, Document, Wrapper
 from streams.vast.errors import (
     DocumentError,
     ForbiddenDoctype,

@@ -6,20 +6,9 @@ from typing import Literal
 
 import msgspec
 
-from streams.vast.document import Creative, ViewableImpression
+from models.ad import Hop, ServedAd
 
 Status = Literal["inline", "no_ad", "error"]
-
-
-class Hop(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One VAST document fetched along the way (redirects and retries included in it)."""
-
-    url: str
-    status: int
-    """The last HTTP status seen; 0 when no response came (refused, unreachable, timed out)."""
-    ms: float
-    attempts: int = 1
-    cached: bool = False
 
 
 class ErrorReport(msgspec.Struct, frozen=True):
@@ -28,27 +17,6 @@ class ErrorReport(msgspec.Struct, frozen=True):
     code: int
     message: str
     urls: tuple[str, ...]
-
-
-class ServedAd(msgspec.Struct, frozen=True, omit_defaults=True):
-    """An InLine ad with the Wrappers above it merged in: what the `ad-served` event says of its
-    ad, besides the document it carries once, apart.
-
-    Its URLs are handed on, so their macros stay templates for whoever fires them (the player,
-    or an edge: `streams.macros.expand`).
-    """
-
-    id: str | None
-    sequence: int | None
-    ad_system: str | None
-    ad_title: str | None
-    impressions: tuple[str, ...]
-    errors: tuple[str, ...]
-    creatives: tuple[Creative, ...]
-    wrappers: int = 0
-    viewable_impression: ViewableImpression | None = None
-    unsafe_urls: int = 0
-    """URLs of the chain dropped because their scheme is neither http nor https."""
 
 
 class ResolvedAd(ServedAd, frozen=True, omit_defaults=True, kw_only=True):

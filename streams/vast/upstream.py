@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote_plus, urlencode, urljoin
 import msgspec
 from lxml.etree import _Element
 
+from models.ad import Hop
 from models.context import SessionContext
 from streams.macros import Macros
 from streams.vast import chain, unwrap
@@ -43,7 +44,7 @@ from streams.vast.errors import (
 )
 from streams.vast.parse import DEFAULT_MAX_ADS, Parsed, parse_tree
 from streams.vast.pixels import ErrorPixels
-from streams.vast.result import ErrorReport, Hop, ResolvedAd, Status, VastResult
+from streams.vast.result import ErrorReport, ResolvedAd, Status, VastResult
 from streams.vast.retry import NO_RETRIES, RetryPolicy
 from streams.vast.transport import Fetched, VastTransport
 from streams.vast.unwrap import Unwrapped

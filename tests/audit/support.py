@@ -3,7 +3,8 @@
 `History` is a deployment's topics as lists of records (campaigns and served in one partition
 each, so offsets are list positions). `Simulator` writes into one the history a correct worker
 would: one decision at a time in stream order, with the worker's own rules
-(`streams.decide.DecisionBook`, `streams.state`), so the audit must find nothing in it. Like
+(`streams.state.decision_book.DecisionBook`, `streams.state`), so the audit must find nothing
+in it. Like
 the worker it remembers every impression of an identified user, also those served while the
 campaign had no cap (docs/design.md: "fewer than `max` impressions of that user for that
 campaign"); unlike it, it never forgets one (the worker keeps its impression history, 7 days
@@ -36,9 +37,9 @@ from models.money import from_micros
 from streams.audit.findings import Record, Summary, TopicKind
 from streams.audit.verify import Audit, Auditor
 from streams.audit.window import Window
-from streams.decide import DecisionBook, Deny
 from streams.state import spend
 from streams.state.campaigns import CampaignRules
+from streams.state.decision_book import DecisionBook, Deny
 from streams.state.frequency import Impressions
 from streams.state.spend import Spend
 from streams.vast.result import ResolvedAd

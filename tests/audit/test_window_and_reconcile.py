@@ -7,7 +7,7 @@ import pytest
 from streams.audit.reconcile import reconcile
 from streams.audit.window import Window, iso, parse_time
 from streams.billing.ledger import Charge
-from streams.decisions import Decision
+from streams.decision_reader import Decision
 
 
 @pytest.mark.parametrize(

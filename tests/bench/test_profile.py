@@ -15,7 +15,7 @@ LOOP = ";".join(
 )
 RAW = [
     # 3 samples in msgspec's C code, called from adstream's codec.
-    f"thread (1): MainThread;{LOOP};handle ({REPO}/streams/stages/route.py:55);"
+    f"thread (1): MainThread;{LOOP};handle ({REPO}/streams/worker/route_stage.py:55);"
     f"decode_request ({REPO}/models/codec.py:40);"
     f"json_decode ({SITE}/msgspec/_core.cpython-311-x86_64-linux-gnu.so) 3\n",
     # 2 samples in aiokafka, the leaf a native frame of the interpreter: charged to aiokafka.
@@ -33,7 +33,7 @@ def test_frames_and_libraries() -> None:
     assert parse_frame("0x7f00 (/usr/lib/libc.so.6)").file == "/usr/lib/libc.so.6"
     assert library(f"{SITE}/faust/streams.py") == "faust"
     assert library(f"{SITE}/_cffi_backend.cpython-311-x86_64-linux-gnu.so") == "cffi_backend"
-    assert library(f"{REPO}/streams/app.py") == "adstream"
+    assert library(f"{REPO}/streams/worker/app.py") == "adstream"
     assert library(f"{REPO}/models/codec.py") == "adstream"
     assert library(f"{REPO}/bench/_peer.py") == "bench"
     assert library(f"{STDLIB}/asyncio/events.py") == "stdlib asyncio"

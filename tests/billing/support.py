@@ -18,11 +18,12 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from models.ad import Hop
 from models.codec import encode
 from models.events import SCHEMA_VERSION, AdServed
 from models.money import to_micros
 from streams.billing.ledger import Charge, Ledger
-from streams.vast.result import Hop, ResolvedAd
+from streams.vast.result import ResolvedAd
 
 DAY_MS = 86_400_000
 BASE_MS = (int(time.time() * 1000) // DAY_MS - 30) * DAY_MS

@@ -21,9 +21,9 @@ from typing_extensions import override
 from models.events import AdRequest
 from streams.settings import Settings
 from streams.state.campaigns import CampaignRules
-from streams.upstreams import CampaignUpstreams
 from streams.vast.result import VastResult
-from streams.worker import run, upstreams_for
+from streams.worker.runner import run, upstreams_for
+from streams.worker.upstreams import CampaignUpstreams
 
 
 class FaultyUpstreams(CampaignUpstreams):

@@ -21,11 +21,11 @@ from infra.process import free_port
 from models.context import SessionContext
 from models.events import SCHEMA_VERSION, AdRequest, Budget, Campaign, FrequencyCap
 from streams.admin import ensure_topics, publish_campaigns
-from streams.decisions import Decision, DecisionReader
+from streams.decision_reader import Decision, DecisionReader
 from streams.edge import request_record
 from streams.lookaside import StateView
 from streams.topics import Topics
-from streams.worker_process import WorkerProcess
+from streams.worker.process import WorkerProcess
 
 __all__ = ["BASE_MS", "DAY_MS", "Decision", "Deployment", "campaign", "request"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from infra.provision import Services
-from streams.worker_process import WorkerFailed
+from streams.worker.process import WorkerFailed
 from tests.pipeline.harness import BASE_MS, DAY_MS, Deployment, campaign, request
 
 FAULTY = ("-m", "tests.pipeline.faulty_worker")

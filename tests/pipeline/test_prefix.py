@@ -11,7 +11,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.provision import Services
-from streams.tables import TABLE_SOURCES
+from streams.worker.tables import TABLE_SOURCES
 from tests.pipeline.harness import BASE_MS, DAY_MS, Deployment, campaign, request
 
 # aiokafka logs each transactional id as it finds the id's coordinator.

@@ -47,12 +47,12 @@ from infra.redis_server import RedisServer
 from models.codec import encode
 from models.events import AdRequest, Campaign
 from models.money import to_micros
-from streams.decisions import Decision
-from streams.faust_patches import FAILED_EXIT
+from streams.decision_reader import Decision
 from streams.invariants import budget_violations, cap_violations, spend_by_campaign
 from streams.lookaside import CapView, SpendView, cap_key, spend_key
-from streams.stages.outputs import KEPT_KEY_BYTES, KEPT_VALUE_BYTES
-from streams.worker_process import WorkerFailed, WorkerProcess
+from streams.worker.faust_seam import FAILED_EXIT
+from streams.worker.outputs import KEPT_KEY_BYTES, KEPT_VALUE_BYTES
+from streams.worker.process import WorkerFailed, WorkerProcess
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
 from tests.scale.fuzz import Raw, campaign_fuzz, request_fuzz
 from tests.upstream import VastServer, inline, vast, wrapper
@@ -435,7 +435,7 @@ def kept_bytes(letter: Mapping[str, Any], name: str) -> bytes | None:
 
 
 def kept_bytes_of(original: bytes, name: str) -> bytes:
-    """What a dead letter keeps of an original key or value (`streams.stages.outputs`)."""
+    """What a dead letter keeps of an original key or value (`streams.worker.outputs`)."""
     bound = KEPT_KEY_BYTES if name == "key" else KEPT_VALUE_BYTES
     return original[:bound]
 

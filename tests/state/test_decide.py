@@ -1,4 +1,5 @@
-"""`streams.decide`: the decision rules, and the pending-reservation book the worker relies on."""
+"""`streams.state.decision_book`: the decision rules, and the book of pending reservations
+the worker relies on."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from models.events import Budget, Campaign, FrequencyCap
-from streams.decide import DecisionBook, Deny, Reservation, Reserve, Verdict, Wait
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules, Cap
+from streams.state.decision_book import DecisionBook, Deny, Reservation, Reserve, Verdict, Wait
 from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
 from streams.state.spend import MS_PER_DAY, Spend
 
@@ -569,7 +570,7 @@ def assert_agree(outcomes: Sequence[Outcome], expected: Sequence[Expected]) -> N
 class Worker:
     """The worker's loop: decide in stream order while earlier upstream calls are in flight;
     a campaign update applies at once, to the requests after it, while reservations made
-    under the rules before it are still pending (as in `streams.stages.decide`)."""
+    under the rules before it are still pending (as in `streams.worker.decide_stage`)."""
 
     rules: dict[str, CampaignRules]
     data: st.DataObject

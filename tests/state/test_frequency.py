@@ -23,7 +23,7 @@ from streams.state.frequency import (
     kept_ms,
     record,
 )
-from streams.tables import CapEntry
+from streams.worker.tables import CapEntry
 
 T0 = 1_700_000_000_000
 SECOND = 1_000

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
-from streams.decide import DecisionBook, Deny, Reservation, Wait
 from streams.state import frequency
+from streams.state.decision_book import DecisionBook, Deny, Reservation, Wait
 from streams.state.expiry import ExpiryIndex
 from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
 from tests.state.test_decide import T0, blocking_caps_by_brute_force, in_window, make_rules

@@ -6,9 +6,10 @@ from collections.abc import Iterable
 
 import pytest
 
+from models.ad import Creative, Tracking, ViewableImpression
 from streams.vast import NoAdError, ResponseTooLarge, WrapperError, parse_vast
 from streams.vast.chain import Rules, may_fall_back, plan, resolve_ad
-from streams.vast.document import Ad, Creative, Tracking, ViewableImpression, Wrapper
+from streams.vast.document import Ad, Wrapper
 from tests.upstream import inline, vast, wrapper
 
 MANY = Rules(allow_multiple_ads=True)

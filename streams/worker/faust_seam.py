@@ -13,7 +13,7 @@ adstream's invariants (each was read in Faust's source and is covered by our tes
    first outputs were already committed (compare #606).
 3. **Buffered changelog writes can miss their transaction.** Table writes go through the
    producer's buffer, which Faust flushes before a commit only *without* transactions.
-   adstream's tables (`streams.tables.TypedTable`) send their changelog records themselves,
+   adstream's tables (`streams.worker.tables.TypedTable`) send their changelog records themselves,
    through `TransactionalSender`; the commit still flushes Faust's buffer for anything else.
 4. **Offsets after a restart may never commit.** Faust finds the offset to commit by looking
    for consecutive acked offsets; transaction markers leave holes in a partition's offsets,

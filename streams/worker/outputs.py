@@ -21,8 +21,8 @@ from faust.types import EventT
 
 from models.codec import encode
 from models.events import SCHEMA_VERSION, DeadLetter
-from streams.faust_patches import TransactionalSender
-from streams.metrics import Metrics
+from streams.worker.faust_seam import TransactionalSender
+from streams.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 from faust.types import EventT
 
 from models.codec import InvalidEvent, check_event_time, decode_request
-from streams.faust_patches import event_context
-from streams.metrics import Metrics
-from streams.stages.outputs import Outputs
 from streams.state.expiry import ExpiryIndex, rebuilt
-from streams.tables import DEDUPE_WINDOW_MS, SeenRequest, TypedTable
+from streams.worker.faust_seam import event_context
+from streams.worker.metrics import Metrics
+from streams.worker.outputs import Outputs
+from streams.worker.tables import DEDUPE_WINDOW_MS, SeenRequest, TypedTable
 
 log = logging.getLogger(__name__)
 

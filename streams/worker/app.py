@@ -4,9 +4,9 @@
          │                                        ├─decide─▶ ad-served / ad-denied
          └─▶ ad-requests-dlq        campaigns ────┘
 
-`route` (`streams.stages.route`) validates and de-duplicates; `decide`
-(`streams.stages.decide`) applies each campaign's rules, caps and budget and resolves its
-VAST upstream. Both read batches (`take_events`) and write through `streams.faust_patches`,
+`route` (`streams.worker.route_stage`) validates and de-duplicates; `decide`
+(`streams.worker.decide_stage`) applies each campaign's rules, caps and budget and resolves its
+VAST upstream. Both read batches (`take_events`) and write through `streams.worker.faust_seam`,
 which makes Faust's exactly-once hold: every output and table write commits in one Kafka
 transaction with the offsets of the events that caused it.
 """
@@ -26,8 +26,14 @@ from faust.types import EventT, StreamT
 from prometheus_client import generate_latest
 
 from models.codec import encode
-from streams.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
-from streams.faust_patches import (
+from streams.lookaside import StateView, cap_view, spend_view
+from streams.settings import Settings
+from streams.state.frequency import Impressions
+from streams.state.spend import Spend
+from streams.topics import Partitions, Topics
+from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
+from streams.worker.decide_stage import Decider, Lookaside, Resolver
+from streams.worker.faust_seam import (
     FAILED_EXIT,
     Committer,
     SkippedEvents,
@@ -39,16 +45,10 @@ from streams.faust_patches import (
     learn_partitions,
     tune_clients,
 )
-from streams.lookaside import StateView, cap_view, spend_view
-from streams.metrics import Metrics
-from streams.settings import Settings
-from streams.stages.decide import Decider, Lookaside, Resolver
-from streams.stages.outputs import Outputs
-from streams.stages.route import Router
-from streams.state.frequency import Impressions
-from streams.state.spend import Spend
-from streams.tables import RawTable, Tables, frequency_key
-from streams.topics import Partitions, Topics
+from streams.worker.metrics import Metrics
+from streams.worker.outputs import Outputs
+from streams.worker.route_stage import Router
+from streams.worker.tables import RawTable, Tables, frequency_key
 
 log = logging.getLogger(__name__)
 

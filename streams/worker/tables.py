@@ -24,10 +24,10 @@ import faust
 import msgspec
 from faust.types import EventT, TableT
 
-from streams.faust_patches import event_context
 from streams.state.campaigns import CampaignRules
 from streams.state.frequency import Impressions
 from streams.state.spend import Spend
+from streams.worker.faust_seam import event_context
 
 V = TypeVar("V", bound=msgspec.Struct)
 

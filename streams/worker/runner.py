@@ -17,17 +17,17 @@ import uvloop
 
 from streams import logs
 from streams.admin import ensure_changelogs, ensure_topics
-from streams.app import create_worker
-from streams.local_state import LocalState
 from streams.lookaside import RedisLookaside
-from streams.metrics import Metrics
 from streams.settings import Settings
-from streams.tables import changelog_partitions
 from streams.topics import Topics
-from streams.upstreams import CampaignUpstreams
 from streams.vast.breaker import CircuitBreaker
 from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
+from streams.worker.app import create_worker
+from streams.worker.local_state import LocalState
+from streams.worker.metrics import Metrics
+from streams.worker.tables import changelog_partitions
+from streams.worker.upstreams import CampaignUpstreams
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
     upstreams = upstreams or upstreams_for(settings)
     metrics = Metrics()
     lookaside = (
-        RedisLookaside(settings.redis_url, prefix=settings.topic_prefix, metrics=metrics)
+        RedisLookaside(
+            settings.redis_url, prefix=settings.topic_prefix, errors=metrics.redis_errors
+        )
         if settings.redis_url
         else None
     )

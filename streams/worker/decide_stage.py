@@ -4,7 +4,7 @@ One stream carries both topics, so a campaign update takes effect for exactly th
 the stage reads after it. Per batch:
 
 1. in stream order, each request is checked against its campaign's rules, the committed
-   caps and spend, and the reservations still pending (`streams.decide.DecisionBook`);
+   caps and spend, and the reservations still pending (`streams.state.decision_book.DecisionBook`);
    a request that fits reserves its cap slot and cost and its upstream resolution starts;
 2. the resolutions run concurrently; a request that fits only if some pending reservation is
    released first waits for those to end, then is decided again;
@@ -36,19 +36,20 @@ from models.events import (
     request_fields,
 )
 from models.money import from_micros
-from streams.decide import DecisionBook, Deny, Reservation, Wait
-from streams.faust_patches import event_context
-from streams.metrics import Metrics
-from streams.stages.outputs import Outputs
+from streams.lookaside import StateChanges
 from streams.state import frequency
 from streams.state.campaigns import CampaignRules
+from streams.state.decision_book import DecisionBook, Deny, Reservation, Wait
 from streams.state.expiry import ExpiryIndex, rebuilt
 from streams.state.frequency import Impressions
 from streams.state.spend import Spend
-from streams.tables import CapEntry, Tables, frequency_key, split_frequency_key
 from streams.topics import Topics
 from streams.vast.errors import ResponseTooLarge
 from streams.vast.result import VastResult
+from streams.worker.faust_seam import event_context
+from streams.worker.metrics import Metrics
+from streams.worker.outputs import Outputs
+from streams.worker.tables import CapEntry, Tables, frequency_key, split_frequency_key
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,6 @@ TOO_LARGE = ResponseTooLarge.code
 
 class Resolver(Protocol):
     async def resolve(self, rules: CampaignRules, request: AdRequest) -> VastResult: ...
-
-
-class StateChanges(msgspec.Struct):
-    """What one batch committed, for the Redis lookaside."""
-
-    caps: dict[str, tuple[Impressions, CampaignRules]] = msgspec.field(default_factory=dict)
-    spend: dict[str, tuple[Spend, CampaignRules]] = msgspec.field(default_factory=dict)
 
 
 class Lookaside(Protocol):
@@ -362,7 +356,10 @@ class _Batch:
                 entry.partition, key, frequency.expires_at(entry.impressions, reservation.keep_ms)
             )
             if rules.caps:  # the lookaside answers for capped campaigns only
-                self.changes.caps[key] = (entry.impressions, rules)
+                self.changes.caps[(rules.campaign_id, reservation.user_id)] = (
+                    entry.impressions,
+                    rules,
+                )
         spent = tables.spend.get(rules.campaign_id) or Spend()
         reservation.charge(spent)
         tables.spend.set(rules.campaign_id, spent, event)
