@@ -25,9 +25,12 @@ MIB = 1 << 20
 
 
 def padded(size: int, filler: str = "x") -> str:
-    """A valid InLine document of about `size` characters, padded in a comment of `filler`."""
+    """A valid InLine document of about `size` characters, padded with an extension of
+    `filler` inside its ad (comments, and what is outside the ad, are not served)."""
     document = vast(inline())
-    return document.replace("</VAST>", "<!--" + filler * (size - len(document)) + "--></VAST>")
+    padding = '<Extensions><Extension type="padding">{}</Extension></Extensions>'
+    padding = padding.format(filler * (size - len(document) - len(padding)))
+    return document.replace("</InLine>", padding + "</InLine>")
 
 
 def rss_bytes(pid: int | None) -> int:
@@ -55,7 +58,7 @@ async def test_an_ad_too_large_for_its_event_is_refused_and_the_worker_goes_on(
 
     assert served.topic == "served"
     assert "vast" not in served.payload["ad"]
-    assert len(served.payload["vast"]) > 600 * KIB
+    assert len(served.payload["vast"]) > 590 * KIB  # the ~600 KB ad, once
     assert (refused.topic, refused.reason) == ("denied", "upstream_error")
     assert refused.payload["detail"] == "100"
     assert next_one.topic == "served"
