@@ -48,6 +48,11 @@ LIFETIME = -1
 """The account of a campaign without a daily budget (others have one per UTC day)."""
 
 
+RATE_SPAN_MIN_MS = 100
+"""A rate is measured over this much event time at least: a first burst of requests
+overstates it (and asks for more), never understates it."""
+
+
 class Policy(msgspec.Struct, frozen=True):
     """How leases are sized and when they move; every span is event time in ms."""
 
@@ -216,10 +221,12 @@ class Lease(msgspec.Struct):
     watermark: int = 0
     closed_before: int = 0
     """Days before this are closed: their leases returned, their late requests refused."""
+    rate_since: int = 0
     rate_start: int = 0
     rate_previous: int = 0
     rate_current: int = 0
-    """Impressions spent in the window starting at `rate_start` and in the one before."""
+    """Impressions spent in the window starting at `rate_start` and in the one before it,
+    which started at `rate_since`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +299,7 @@ class LeaseBook:
             stale = self._stale(account, terms) or (key == LIFETIME) != (terms.daily is None)
             if (closed or stale) and account.available > 0:
                 events.append(self._return(lease, key))
-            if closed and account.available == 0 and not account.asking:
+            if LIFETIME < key < lease.closed_before - DAYS_KEPT and account.available == 0:
                 del lease.accounts[key]
         if terms.daily is not None and self._rate(lease, self.policy.day_lead_ms) > 0:
             tomorrow = utc_day(lease.watermark) + 1
@@ -375,18 +382,21 @@ class LeaseBook:
         """Advance the watermark and the rate's windows to event time `t`."""
         window = self.policy.target_ms
         if lease.watermark == 0:
-            lease.rate_start = t
+            lease.rate_since = lease.rate_start = t
         lease.watermark = max(lease.watermark, t)
         elapsed = lease.watermark - lease.rate_start
+        if elapsed >= 2 * window:  # nothing recent: start afresh
+            lease.rate_since, lease.rate_previous = lease.watermark, 0
+        elif elapsed >= window:
+            lease.rate_since, lease.rate_previous = lease.rate_start, lease.rate_current
         if elapsed >= window:
-            lease.rate_previous = lease.rate_current if elapsed < 2 * window else 0
             lease.rate_current = 0
             lease.rate_start = lease.watermark
 
     def _rate(self, lease: Lease, span_ms: int) -> int:
         """Impressions the recent rate spends in `span_ms` of event time, rounded up."""
         spent = lease.rate_previous + lease.rate_current
-        measured = self.policy.target_ms + lease.watermark - lease.rate_start
+        measured = max(RATE_SPAN_MIN_MS, lease.watermark - lease.rate_since)
         return -(-spent * span_ms // measured)
 
     def _low(self, lease: Lease) -> int:
@@ -506,8 +516,11 @@ class BudgetBank:
             free.append((terms.daily - bank.out(key), "daily"))
         return min(free)
 
-    def _serve(self, bank: Bank, partition: int, key: int) -> list[ToPartition]:
-        """Grant what it can of a waiting ask; reclaim if that leaves the ask unfilled."""
+    def _serve(
+        self, bank: Bank, partition: int, key: int, *, answer: bool = True
+    ) -> list[ToPartition]:
+        """Grant what it can of a waiting ask (an empty grant only to `answer` it); reclaim
+        if that leaves the ask unfilled."""
         free = self._free(bank, key)
         if free is None:
             return []  # answered once the bank has the partition's rules (`configure`)
@@ -522,7 +535,7 @@ class BudgetBank:
         else:
             waiter.want -= amount
         events: list[ToPartition] = []
-        if amount or dry is not None:
+        if amount or (answer and dry is not None):
             held.granted += amount
             holder.seq_out += 1
             events.append(
@@ -560,11 +573,7 @@ class BudgetBank:
             free = self._free(bank, key)
             if free is not None and free[0] > 0:
                 # A waiter still short has its answer already; it hears only of money.
-                events += [
-                    e
-                    for e in self._serve(bank, partition, key)
-                    if isinstance(e, LeaseReclaim) or e.amount > 0
-                ]
+                events += self._serve(bank, partition, key, answer=False)
         return events
 
     def _reclaim(self, bank: Bank, partition: int) -> LeaseReclaim:
