@@ -190,6 +190,8 @@ class Account(msgspec.Struct):
     """Seqs of the newest ask and of the newest ask answered."""
     dry: str | None = None
     """The bank's last answer left this account short (`LeaseGrant.dry`)."""
+    refused: bool = False
+    """The bank's last answer granted nothing: ask again only once short."""
 
     @property
     def available(self) -> int:
@@ -263,9 +265,9 @@ class LeaseBook:
         if key != LIFETIME and key < lease.closed_before:
             return Short("daily (late)"), events
         account = lease.accounts.setdefault(key, Account())
+        lease.rate_current += 1  # demand, covered or not: a short lease must not shrink it
         if account.fits(terms) and account.available >= terms.cost:
             account.spent += terms.cost
-            lease.rate_current += 1
             events += self._refill(lease, terms, key, low=self._low(lease))
             return Covered(terms.cost), events
         if account.fits(terms) and account.available > 0:
@@ -317,6 +319,7 @@ class LeaseBook:
             for account in lease.accounts.values():
                 account.answered = account.asked
                 account.dry = None
+                account.refused = False
             return [self._return(lease, key) for key in list(lease.accounts)]
         key = _key(event.day)
         account = lease.accounts.setdefault(key, Account())
@@ -327,6 +330,7 @@ class LeaseBook:
         account.lifetime_limit, account.daily_limit = event.lifetime_limit, event.daily_limit
         account.answered = max(account.answered, event.answers)
         account.dry = event.dry
+        account.refused = event.amount == 0
         closed = key != LIFETIME and key < lease.closed_before
         if (closed or self._stale(account, terms)) and account.available > 0:
             if not closed:
@@ -344,6 +348,8 @@ class LeaseBook:
         account = lease.accounts.setdefault(key, Account())
         held = account.available if account.fits(terms) else 0
         if account.asking or account.dry or lease.bank_version < lease.asks_from:
+            return []
+        if account.refused and low > 1:
             return []
         if held >= low * terms.cost:
             return []
@@ -535,7 +541,7 @@ class BudgetBank:
         else:
             waiter.want -= amount
         events: list[ToPartition] = []
-        if amount or (answer and dry is not None):
+        if amount or answer:
             held.granted += amount
             holder.seq_out += 1
             events.append(
