@@ -69,7 +69,7 @@ class World:
     spent: int = 0
     spent_on: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     floor: int = 0
-    floor_on: dict[int, int] = field(default_factory=dict)
+    floor_on: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
     """What was out at the bank at its last budget change (lifetime; per day)."""
     denied_dry: int = 0
     taken: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
@@ -89,7 +89,12 @@ class World:
         self.bank_inputs.append(terms)
         self.emit_to_parts(self.bank_rules.configure(self.bank, terms))
         self.floor = self.bank.out()
-        self.floor_on = {d: self.bank.out(d) for d in self.days()}
+        # A lease of the lifetime account may be spent on any day by rules without a daily
+        # budget, still in force on a partition.
+        undated = self.bank.out(LIFETIME)
+        self.floor_on = defaultdict(
+            lambda: undated, {d: self.bank.out(d) + undated for d in self.days()}
+        )
 
     def days(self) -> set[int]:
         return {k for h in self.bank.holders.values() for k in h.accounts if k != LIFETIME}
@@ -130,7 +135,7 @@ class World:
     def check_spend(self, day: int) -> None:
         terms = self.terms[self.bank_seen]
         assert self.spent <= _bound(terms.lifetime, self.floor)
-        assert self.spent_on[day] <= _bound(terms.daily, self.floor_on.get(day, 0))
+        assert self.spent_on[day] <= _bound(terms.daily, self.floor_on[day])
 
     def deliver_to_bank(self, p: int, again: bool = False) -> None:
         if again and self.delivered_to_bank[p]:
