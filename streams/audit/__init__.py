@@ -16,3 +16,21 @@ The command itself is `streams/cli/audit.py`. Cap and budget arithmetic lives in
 `streams.invariants`, the decision rules in `streams.state` and `models`: the audit applies
 the worker's own definitions, never a copy of them.
 """
+
+from streams.audit.findings import Record, Summary, Violation
+from streams.audit.reconcile import reconcile
+from streams.audit.replay import ReplayError, replay
+from streams.audit.verify import Audit, Auditor
+from streams.audit.window import Window
+
+__all__ = [
+    "Audit",
+    "Auditor",
+    "Record",
+    "ReplayError",
+    "Summary",
+    "Violation",
+    "Window",
+    "reconcile",
+    "replay",
+]

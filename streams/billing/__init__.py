@@ -1,1 +1,14 @@
 """Billing: charges every served ad exactly once into a SQLite ledger (`adstream billing`)."""
+
+from streams.billing.consumer import BillingError, run
+from streams.billing.ledger import Ledger, LedgerConflict, LedgerError
+from streams.billing.report import Report
+
+__all__ = [
+    "BillingError",
+    "Ledger",
+    "LedgerConflict",
+    "LedgerError",
+    "Report",
+    "run",
+]

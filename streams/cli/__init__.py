@@ -11,6 +11,18 @@ from streams.cli.publish import publish
 from streams.cli.vast import vast_group
 from streams.cli.worker import worker
 
+__all__ = [
+    "audit",
+    "billing_group",
+    "campaigns_group",
+    "demo",
+    "infra_group",
+    "main",
+    "publish",
+    "vast_group",
+    "worker",
+]
+
 
 @click.group()
 @click.version_option(package_name="adstream")

@@ -24,3 +24,16 @@ a cap and a budget are checked and charged in one place, in one transaction.
 
 Nothing here is imported by the offline commands (audit, billing, campaign files).
 """
+
+from streams.worker.app import Worker, create_worker
+from streams.worker.process import WorkerFailed, WorkerProcess
+from streams.worker.runner import run, upstreams_for
+
+__all__ = [
+    "Worker",
+    "WorkerFailed",
+    "WorkerProcess",
+    "create_worker",
+    "run",
+    "upstreams_for",
+]
