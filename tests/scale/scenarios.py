@@ -1258,6 +1258,10 @@ async def big_state(env: Env, size: Size) -> Result:
         result.decisions += len(deployment.decisions)
         result.duplicates += len(deployment.duplicates)
         result.lost += sent - len(deployment.decisions)
+        if result.duplicates:
+            result.fail(f"{result.duplicates} duplicate decisions across the restarts")
+        if result.lost:
+            result.fail(f"{result.lost} of {sent:,} requests never decided")
         spent = spend_by_campaign(d for d in deployment.decisions.values() if d.reason is None)
         for campaign_id in campaigns:
             state = await deployment.state(campaign_id)
