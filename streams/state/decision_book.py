@@ -177,6 +177,20 @@ class DecisionBook:
             return Wait(frozenset(r.request_id for r in ours))
         return None
 
+    def reservation_for(
+        self, request_id: str, rules: CampaignRules, user_id: str | None, t: int, cost: int
+    ) -> Reservation:
+        """The reservation of a request that got `Reserve(cost)` under `rules`."""
+        return Reservation(
+            request_id=request_id,
+            campaign_id=rules.campaign_id,
+            user_id=user_id,
+            t=t,
+            cost=cost,
+            keep_ms=self.keep_ms(rules),
+            keep_count=self.keep_count(rules),
+        )
+
     def reserve(self, reservation: Reservation) -> None:
         self._pending[reservation.request_id] = reservation
 

@@ -300,15 +300,7 @@ class _Batch:
             return
         assert rules is not None
         self.book.reserve(
-            Reservation(
-                request_id=context.request_id,
-                campaign_id=rules.campaign_id,
-                user_id=user_id,
-                t=t,
-                cost=verdict.cost,
-                keep_ms=self.book.keep_ms(rules),
-                keep_count=self.book.keep_count(rules),
-            )
+            self.book.reservation_for(context.request_id, rules, user_id, t, verdict.cost)
         )
         task = asyncio.create_task(decider.resolve(rules, request))
         self.pending[context.request_id] = _Pending(event, request, rules, task)

@@ -637,15 +637,7 @@ class Worker:
         assert rules is not None
         assert verdict.cost == rules.cost_micros
         self.book.reserve(
-            Reservation(
-                request_id=r.request_id,
-                campaign_id=r.campaign_id,
-                user_id=r.user_id,
-                t=r.t,
-                cost=verdict.cost,
-                keep_ms=self.book.keep_ms(rules),
-                keep_count=self.book.keep_count(rules),
-            )
+            self.book.reservation_for(r.request_id, rules, r.user_id, r.t, verdict.cost)
         )
         self.outcomes[r.request_id] = ("pending",)
 

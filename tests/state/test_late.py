@@ -19,7 +19,7 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from streams.state import frequency
-from streams.state.decision_book import DecisionBook, Deny, Reservation, Wait
+from streams.state.decision_book import DecisionBook, Deny, Wait
 from streams.state.expiry import ExpiryIndex
 from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
 from tests.state.test_decide import T0, blocking_caps_by_brute_force, in_window, make_rules
@@ -136,15 +136,7 @@ class Partition:
             return
         self.decided[r.request_id] = Decided(("reserved",), max(bounds))
         self.book.reserve(
-            Reservation(
-                request_id=r.request_id,
-                campaign_id=r.campaign_id,
-                user_id=r.user_id,
-                t=r.t,
-                cost=verdict.cost,
-                keep_ms=self.book.keep_ms(rules),
-                keep_count=self.book.keep_count(rules),
-            )
+            self.book.reservation_for(r.request_id, rules, r.user_id, r.t, verdict.cost)
         )
         self.pending.append(r.request_id)
 
