@@ -11,25 +11,24 @@ class Topics(msgspec.Struct, frozen=True):
     served: str
     denied: str
     dlq: str
-    by_campaign: str
-    """Internal: valid, first-seen requests re-keyed by campaign_id."""
+    leases: str
+    """Partitioned like `requests`: a grant goes to the partition of the lease it fills."""
 
     @classmethod
-    def named(cls, prefix: str = "", app_id: str = "adstream") -> Topics:
-        """The topics under `prefix`; internal ones start with the group id, `prefix` and
-        `app_id` (`Settings.group_id`)."""
+    def named(cls, prefix: str = "") -> Topics:
+        """The topics under `prefix`."""
         return cls(
             requests=f"{prefix}ad-requests",
             campaigns=f"{prefix}campaigns",
             served=f"{prefix}ad-served",
             denied=f"{prefix}ad-denied",
             dlq=f"{prefix}ad-requests-dlq",
-            by_campaign=f"{prefix}{app_id}-requests-by-campaign",
+            leases=f"{prefix}budget-leases",
         )
 
     @property
     def public(self) -> tuple[str, ...]:
-        return (self.requests, self.campaigns, self.served, self.denied, self.dlq)
+        return (self.requests, self.campaigns, self.served, self.denied, self.dlq, self.leases)
 
 
 class Partitions(msgspec.Struct, frozen=True):

@@ -320,9 +320,12 @@ class _Verification:
             t=payload["timestamp"],
             rules=rules,
             impressions=None,
-            spent=None,
         )
         refused = verdict.reason if isinstance(verdict, Deny) else None
+        if refused is None and spend.exceeded_budget(
+            spend.Spend(), rules.cost_micros, payload["timestamp"], *rules.budgets
+        ):
+            refused = "budget_exhausted"
         if decision.topic == "served":
             if refused is not None:
                 self.flag(

@@ -65,7 +65,7 @@ def billing_group(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     logs.configure(settings.log_level)
-    topic = Topics.named(settings.topic_prefix, settings.app_id).served
+    topic = Topics.named(settings.topic_prefix).served
     try:
         with Ledger.open(ledger_path) as ledger:
             progress = asyncio.run(

@@ -26,7 +26,7 @@ def load(path: Path) -> None:
         campaigns = read_campaigns(path)
     except CampaignFileError as exc:
         raise click.ClickException(str(exc)) from exc
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    topics = Topics.named(settings.topic_prefix)
 
     async def publish() -> list[int]:
         await ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)

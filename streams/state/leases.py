@@ -41,8 +41,16 @@ from dataclasses import dataclass
 
 import msgspec
 
+from models.leases import (
+    LeaseAskRecord,
+    LeaseGrantRecord,
+    LeaseReclaimRecord,
+    LeaseRecord,
+    LeaseReturnRecord,
+)
+from models.money import from_micros, to_micros
 from streams.state.campaigns import CampaignRules
-from streams.state.spend import DAYS_KEPT, MS_PER_DAY, utc_day
+from streams.state.spend import DAYS_KEPT, MS_PER_DAY, Spend, utc_day
 
 LIFETIME = -1
 """The account of a campaign without a daily budget (others have one per UTC day)."""
@@ -66,8 +74,10 @@ class Policy(msgspec.Struct, frozen=True):
     """A partition whose event time lags the campaign's this much is idle: reclaimed first."""
     day_lead_ms: int = 60_000
     """Tomorrow's lease is asked for this long before midnight."""
-    day_grace_ms: int = 60_000
-    """A day's lease is kept this long after midnight for late requests, then returned."""
+    day_grace_ms: int = (DAYS_KEPT - 1) * MS_PER_DAY
+    """A day's lease is kept this long after the day ends, for late requests, then returned:
+    as long as spend keeps the day (`streams.state.spend.DAYS_KEPT`). A bank that runs dry
+    reclaims it sooner."""
 
 
 class Terms(msgspec.Struct, frozen=True):
@@ -171,6 +181,36 @@ ToBank = LeaseAsk | LeaseReturn
 ToPartition = LeaseGrant | LeaseReclaim
 LeaseEvent = ToBank | ToPartition
 
+_RECORDS: dict[type[LeaseEvent], type[LeaseRecord]] = {
+    LeaseAsk: LeaseAskRecord,
+    LeaseReturn: LeaseReturnRecord,
+    LeaseGrant: LeaseGrantRecord,
+    LeaseReclaim: LeaseReclaimRecord,
+}
+_EVENTS: dict[type[LeaseRecord], type[LeaseEvent]] = {v: k for k, v in _RECORDS.items()}
+_MONEY = frozenset(
+    {"want", "spent", "amount", "returned", "granted", "lifetime_limit", "daily_limit"}
+)
+
+
+def to_record(event: LeaseEvent) -> LeaseRecord:
+    """The event as it travels on `budget-leases`: money as decimal strings."""
+    fields = msgspec.structs.asdict(event)
+    for name in _MONEY & fields.keys():
+        if fields[name] is not None:
+            fields[name] = from_micros(fields[name])
+    return _RECORDS[type(event)](**fields)
+
+
+def from_record(record: LeaseRecord) -> LeaseEvent:
+    """The event of a `budget-leases` record (raises `MoneyError` on a malformed amount)."""
+    fields = msgspec.structs.asdict(record)
+    del fields["schema"]
+    for name in _MONEY & fields.keys():
+        if fields[name] is not None:
+            fields[name] = to_micros(fields[name])
+    return _EVENTS[type(record)](**fields)
+
 
 # --- the partition's side -----------------------------------------------------------------
 
@@ -223,12 +263,20 @@ class Lease(msgspec.Struct):
     watermark: int = 0
     closed_before: int = 0
     """Days before this are closed: their leases returned, their late requests refused."""
+    settled: int = 0
+    """What was spent in day accounts dropped since (it counts for the lifetime)."""
     rate_since: int = 0
     rate_start: int = 0
     rate_previous: int = 0
     rate_current: int = 0
     """Impressions spent in the window starting at `rate_start` and in the one before it,
     which started at `rate_since`."""
+
+    def spend(self) -> Spend:
+        """What this partition spent of the campaign: lifetime, and per UTC day kept."""
+        days = {key: a.spent for key, a in self.accounts.items() if key != LIFETIME}
+        lifetime = self.settled + sum(a.spent for a in self.accounts.values())
+        return Spend(lifetime, days, min(days, default=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +306,7 @@ class LeaseBook:
 
     def take(self, lease: Lease, terms: Terms, t: int) -> tuple[LeaseVerdict, list[ToBank]]:
         """Spend one impression at event time `t` from the lease, if it covers it."""
-        if not terms.limited:
+        if not terms.limited or terms.cost == 0:  # nothing to spend, nothing to exceed
             return Covered(0), []
         events = self.tend(lease, terms, t)
         key = terms.account(t)
@@ -302,6 +350,7 @@ class LeaseBook:
             if (closed or stale) and account.available > 0:
                 events.append(self._return(lease, key))
             if LIFETIME < key < lease.closed_before - DAYS_KEPT and account.available == 0:
+                lease.settled += account.spent
                 del lease.accounts[key]
         if terms.daily is not None and self._rate(lease, self.policy.day_lead_ms) > 0:
             tomorrow = utc_day(lease.watermark) + 1

@@ -100,7 +100,7 @@ class Deployment:
 
     @property
     def topics(self) -> Topics:
-        return Topics.named(f"{self.name}-", self.app_id or self.name)
+        return Topics.named(f"{self.name}-")
 
     @property
     def group_id(self) -> str:

@@ -537,7 +537,7 @@ async def offsets(deployment: Deployment) -> dict[str, Any]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     topics = deployment.topics
-    names = [topics.requests, topics.by_campaign, topics.served, topics.denied]
+    names = [topics.requests, topics.leases, topics.served, topics.denied]
     found: dict[str, Any] = {}
     admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
     await admin.start()
@@ -633,7 +633,7 @@ async def scale_out(env: Env, size: Size) -> Result:
         result.measures["published_when_added"] = len(published)
 
         await deployment.until(lambda: len(published) >= count // 2, 120)
-        topic = deployment.topics.by_campaign
+        topic = deployment.topics.requests
         victim = max(deployment.workers, key=lambda w: len(assigned_partitions(w, topic)))
         moved = assigned_partitions(victim, topic)
         result.measures["killed_worker_partitions"] = sorted(moved)
