@@ -320,6 +320,11 @@ class LeaseBook:
             return Covered(terms.cost), events
         if account.fits(terms) and account.available > 0:
             events.append(self._return(lease, key))  # pooled at the bank, it can serve
+        if terms.lifetime is not None:
+            # What other days' leases hold counts against the lifetime budget at the bank.
+            for other, held in lease.accounts.items():
+                if other not in (key, LIFETIME) and held.available > 0:
+                    events.append(self._return(lease, other))
         events += self._refill(lease, terms, key, low=1)
         dry = account.dry if account.fits(terms) and not account.asking else None
         return Short(dry), events

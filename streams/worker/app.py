@@ -127,7 +127,7 @@ def create_worker(
     skipped = SkippedEvents(app, settings.kafka_bootstrap_servers)
     committer = Committer(
         app,
-        transactions,
+        sender,
         skipped,
         behind_interval_s=settings.behind_commit_interval_s,
         behind_lag=settings.batch_size,

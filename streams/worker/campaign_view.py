@@ -70,32 +70,26 @@ class CampaignView:
         )
         await consumer.start()
         try:
-            partitions = await self._partitions(consumer)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+            # Without a group, aiokafka assigns every partition of the topic to the reader.
+            consumer.subscribe([self.topic])
+            ends: dict[TopicPartition, int] | None = None
             while True:
-                if not self.caught_up.is_set() and await _reached(consumer, ends):
-                    log.info("campaign rules read: %d campaigns", len(self.rules))
-                    self.caught_up.set()
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
                     for record in records:
                         self._apply_record(record)
+                if self.caught_up.is_set() or not consumer.assignment():
+                    continue
+                if ends is None:
+                    ends = await consumer.end_offsets(list(consumer.assignment()))
+                if await _reached(consumer, ends):
+                    log.info("campaign rules read: %d campaigns", len(self.rules))
+                    self.caught_up.set()
         finally:
             await consumer.stop()
 
     def _apply_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.apply(record.key, record.value, record.offset)
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        for _ in range(100):
-            found = consumer.partitions_for_topic(self.topic)
-            if found:
-                return [TopicPartition(self.topic, p) for p in sorted(found)]
-            await consumer.force_metadata_update()
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"topic {self.topic} not found")
 
 
 async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:

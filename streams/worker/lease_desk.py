@@ -105,6 +105,7 @@ class LeaseDesk:
             reason = exc.reason if isinstance(exc, InvalidEvent) else "invalid"
             await self.outputs.dead_letter(source, reason, str(exc))
             return None
+        log.debug("lease event in on %s: %s", source.message.tp, event)
         if isinstance(event, LeaseAsk | LeaseReturn):
             await self._to_bank(event, source)
             return None
@@ -156,6 +157,7 @@ class LeaseDesk:
             await self._send_one(event, source)
 
     async def _send_one(self, event: LeaseEvent, source: EventT[Any]) -> None:
+        log.debug("lease event out: %s", event)
         # Asks and returns go where the campaign's key hashes (its bank); grants and
         # reclaims to the partition whose lease they fill.
         partition = None if isinstance(event, LeaseAsk | LeaseReturn) else event.partition

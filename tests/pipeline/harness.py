@@ -131,7 +131,7 @@ class Deployment:
             "ADSTREAM_STORE": self.store,
             "ADSTREAM_WEB_PORT": str(web_port),
             "ADSTREAM_WEB_BIND": "127.0.0.1",
-            "ADSTREAM_LOG_LEVEL": "info",
+            "ADSTREAM_LOG_LEVEL": os.environ.get("ADSTREAM_TEST_LOG_LEVEL", "info"),
             **self.extra_env,
         }
 
