@@ -265,6 +265,9 @@ class Lease(msgspec.Struct):
     """Days before this are closed: their leases returned, their late requests refused."""
     settled: int = 0
     """What was spent in day accounts dropped since (it counts for the lifetime)."""
+    unleased: int = 0
+    """What was spent while the campaign had no budget: no lease covers it, and a budget
+    set later counts from the moment it is in force."""
     rate_since: int = 0
     rate_start: int = 0
     rate_previous: int = 0
@@ -275,7 +278,7 @@ class Lease(msgspec.Struct):
     def spend(self) -> Spend:
         """What this partition spent of the campaign: lifetime, and per UTC day kept."""
         days = {key: a.spent for key, a in self.accounts.items() if key != LIFETIME}
-        lifetime = self.settled + sum(a.spent for a in self.accounts.values())
+        lifetime = self.settled + self.unleased + sum(a.spent for a in self.accounts.values())
         return Spend(lifetime, days, min(days, default=0))
 
 
@@ -306,8 +309,9 @@ class LeaseBook:
 
     def take(self, lease: Lease, terms: Terms, t: int) -> tuple[LeaseVerdict, list[ToBank]]:
         """Spend one impression at event time `t` from the lease, if it covers it."""
-        if not terms.limited or terms.cost == 0:  # nothing to spend, nothing to exceed
-            return Covered(0), []
+        if not terms.limited or terms.cost == 0:  # no budget to exceed
+            lease.unleased += terms.cost
+            return Covered(terms.cost), []
         events = self.tend(lease, terms, t)
         key = terms.account(t)
         if key != LIFETIME and key < lease.closed_before:
@@ -331,9 +335,12 @@ class LeaseBook:
 
     def give_back(self, lease: Lease, terms: Terms, t: int, cost: int) -> list[ToBank]:
         """A reservation taken at `t` ended without an ad: its cost is the lease's again."""
-        key = terms.account(t) if terms.limited else None
-        account = None if key is None else lease.accounts.get(key)
-        if account is None or key is None:
+        if not terms.limited or terms.cost == 0:
+            lease.unleased -= cost
+            return []
+        key = terms.account(t)
+        account = lease.accounts.get(key)
+        if account is None:
             return []
         account.spent -= cost
         if key != LIFETIME and key < lease.closed_before:
@@ -374,7 +381,10 @@ class LeaseBook:
                 account.answered = account.asked
                 account.dry = None
                 account.refused = False
-            return [self._return(lease, key) for key in list(lease.accounts)]
+            # Every reclaim is answered, if only by a report, so the bank knows it is over.
+            keys = list(lease.accounts) or [LIFETIME]
+            lease.accounts.setdefault(keys[0], Account())
+            return [self._return(lease, key) for key in keys]
         key = _key(event.day)
         account = lease.accounts.setdefault(key, Account())
         # Whatever was held before counts at the bank under its budget now, so all of it
@@ -493,6 +503,8 @@ class Waiter(msgspec.Struct):
     """The seq of the ask."""
     ticket: int
     """Waiters are served in the order they came."""
+    deferred: bool = False
+    """Not answered yet: other partitions' returns may still fill it."""
 
 
 class Holder(msgspec.Struct):
@@ -580,7 +592,9 @@ class BudgetBank:
         self, bank: Bank, partition: int, key: int, *, answer: bool = True
     ) -> list[ToPartition]:
         """Grant what it can of a waiting ask (an empty grant only to `answer` it); reclaim
-        if that leaves the ask unfilled."""
+        if that leaves the ask unfilled. An ask still short of one impression while other
+        partitions hold unspent money is answered once their returns are in: only then is
+        the bank dry."""
         free = self._free(bank, key)
         if free is None:
             return []  # answered once the bank has the partition's rules (`configure`)
@@ -589,51 +603,68 @@ class BudgetBank:
         waiter = holder.waiting[key]
         held = holder.accounts[key]
         amount = max(0, min(waiter.want, free[0]))
-        dry = None if held.unspent + amount >= bank.terms.cost else free[1]
-        if dry is None:
-            del holder.waiting[key]
-        else:
-            waiter.want -= amount
+        short = held.unspent + amount < bank.terms.cost
         events: list[ToPartition] = []
-        if amount or answer:
-            held.granted += amount
-            holder.seq_out += 1
-            events.append(
-                LeaseGrant(
-                    bank.campaign_id,
-                    partition,
-                    holder.seq_out,
-                    _day(key),
-                    amount,
-                    held.granted,
-                    bank.terms.version,
-                    bank.terms.lifetime,
-                    bank.terms.daily,
-                    waiter.ask,
-                    dry,
-                )
-            )
-        if amount < waiter.want or dry is not None:
+        if short or amount < waiter.want:
             # Short of one impression: all that is held elsewhere; else what idles.
             idle_before = bank.watermark - self.policy.idle_ms
             for p, other in bank.holders.items():
-                idle = dry is not None or other.watermark <= idle_before
-                unspent = any(a.unspent > 0 for a in other.accounts.values())
-                if p != partition and idle and unspent and not other.reclaiming:
+                idle = short or other.watermark <= idle_before
+                if p != partition and idle and self._unspent(other) and not other.reclaiming:
                     events.append(self._reclaim(bank, p))
+        later = short and self._elsewhere(bank, partition)
+        dry = free[1] if short and not later else None
+        if short:
+            waiter.want -= amount
+            waiter.deferred = later
+        else:
+            del holder.waiting[key]
+        if amount or (answer and not later):
+            held.granted += amount
+            holder.seq_out += 1
+            grant = LeaseGrant(
+                bank.campaign_id,
+                partition,
+                holder.seq_out,
+                _day(key),
+                amount,
+                held.granted,
+                bank.terms.version,
+                bank.terms.lifetime,
+                bank.terms.daily,
+                waiter.ask,
+                dry,
+            )
+            events.insert(0, grant)
         return events
 
+    @staticmethod
+    def _unspent(holder: Holder) -> bool:
+        return any(a.unspent > 0 for a in holder.accounts.values())
+
+    def _elsewhere(self, bank: Bank, partition: int) -> bool:
+        """Whether partitions but this one may still return money (reclaimed, unanswered)."""
+        return any(
+            p != partition and (other.reclaiming or self._unspent(other))
+            for p, other in bank.holders.items()
+        )
+
     def _serve_waiters(self, bank: Bank) -> list[ToPartition]:
-        """Grant what came back to the partitions waiting, oldest ask first."""
+        """Grant what came back to the partitions waiting, oldest ask first; answer those
+        whose answer waited on returns once none is to come."""
         waiting = sorted(
             (w.ticket, p, key) for p, h in bank.holders.items() for key, w in h.waiting.items()
         )
         events: list[ToPartition] = []
         for _, partition, key in waiting:
+            waiter = bank.holders[partition].waiting.get(key)
             free = self._free(bank, key)
-            if free is not None and free[0] > 0:
-                # A waiter still short has its answer already; it hears only of money.
-                events += self._serve(bank, partition, key, answer=False)
+            if waiter is None or free is None:
+                continue
+            settled = waiter.deferred and not self._elsewhere(bank, partition)
+            if free[0] > 0 or settled:
+                # A waiter already answered short hears only of money.
+                events += self._serve(bank, partition, key, answer=waiter.deferred)
         return events
 
     def _reclaim(self, bank: Bank, partition: int) -> LeaseReclaim:

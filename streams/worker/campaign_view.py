@@ -88,6 +88,20 @@ class CampaignView:
         finally:
             await consumer.stop()
 
+    async def sync(self, timeout_s: float = 5.0) -> None:
+        """Until everything committed to the topic by now has been read (a campaign loaded
+        just before its first requests must be known to them), or `timeout_s` has passed."""
+        consumer = self._consumer
+        if consumer is None or not consumer.assignment():
+            return
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not await _reached(consumer, ends):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("campaign rules still behind the topic after %.0f s", timeout_s)
+                return
+            await asyncio.sleep(0.005)
+
     def _apply_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.apply(record.key, record.value, record.offset)
 

@@ -425,6 +425,8 @@ class _Batch:
         self.book = decider.book
         self.pending: dict[str, _Pending] = {}
         self.changes = StateChanges()
+        self.synced = False
+        """Whether the campaign rules were read up to the topic's end during this batch."""
 
     async def take(self, event: EventT[Any]) -> None:
         """A request from `ad-requests`: validated, de-duplicated, then decided."""
@@ -463,6 +465,12 @@ class _Batch:
         partition = event.message.partition
         lease: LeaseOf = (request.campaign_id, partition)
         rules = decider.view.get(request.campaign_id)
+        if rules is None and not self.synced:
+            # Unknown here, or not read yet: a campaign is often loaded just before its
+            # first requests, so the rules are read up to now before refusing.
+            await decider.view.sync()
+            self.synced = True
+            rules = decider.view.get(request.campaign_id)
         if rules is not None and decider.parking.waiting(lease):
             decider.parking.park(lease, event, request)  # behind the earlier ones
             return
@@ -534,8 +542,15 @@ class _Batch:
     async def _end(self, pending: _Pending, reservation: Reservation, result: VastResult) -> None:
         code = result.error_code
         if result.status == "inline" and result.ads:
-            # Encoded before any state changes, so that a failure leaves none behind.
-            served = self.decider.served_record(pending.request, pending.rules, result)
+            # Encoded before any state changes, so that a failure leaves none behind but the
+            # cost taken from the lease, which goes back.
+            try:
+                served = self.decider.served_record(pending.request, pending.rules, result)
+            except Exception:
+                await self.decider.desk.give_back(
+                    pending.rules, reservation.t, reservation.cost, pending.event
+                )
+                raise
             if served is not None:
                 self._commit(pending.event, reservation, pending.rules)
                 await self.decider.serve(pending.event, pending.request, served, self.started)

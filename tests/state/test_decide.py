@@ -438,7 +438,8 @@ def reference(
     rules = dict(rules)
     served: list[Request] = []
     impressions: dict[tuple[str, str | None], Impressions] = defaultdict(Impressions)
-    spends: dict[str, Spend] = defaultdict(Spend)
+    newest: dict[str, int] = {}
+    """Per campaign: the newest event time of a request that reached its budget."""
     expected: list[Expected] = []
     for r in events:
         if isinstance(r, Update):
@@ -465,10 +466,13 @@ def reference(
                 continue
         ours = [s for s in served if s.campaign_id == r.campaign_id]
         day = r.t // MS_PER_DAY
+        # A lease keeps a day for late requests while its event time is within DAYS_KEPT.
+        newest[r.campaign_id] = max(newest.get(r.campaign_id, r.t), r.t)
+        oldest_kept = newest[r.campaign_id] // MS_PER_DAY - spend.DAYS_KEPT + 1
         spent = len(ours) * rule.cost_micros
         spent_today = sum(rule.cost_micros for s in ours if s.t // MS_PER_DAY == day)
         exceeded = []
-        if lateness and rule.daily_micros is not None and day < spends[r.campaign_id].oldest_day:
+        if lateness and rule.daily_micros is not None and day < oldest_kept:
             exceeded.append("daily (late)")
         if rule.lifetime_micros is not None and spent + rule.cost_micros > rule.lifetime_micros:
             exceeded.append("lifetime")
@@ -481,7 +485,6 @@ def reference(
             if r.user_id is not None:  # capped campaign or not
                 keep = frequency.kept_ms(rule.longest_window_ms, history_ms)
                 frequency.record(impressions[key], r.t, keep, frequency.MAX_KEPT_IMPRESSIONS)
-            spend.charge(spends[r.campaign_id], rule.cost_micros, r.t)
             expected.append(Expected(("served", rule.cost_micros)))
         else:
             expected.append(Expected(("no_fill",)))
