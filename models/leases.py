@@ -50,6 +50,9 @@ class LeaseReturnRecord(LeaseRecordBase, frozen=True, tag="return"):
     """The account's total returned by the partition, this one included."""
     spent: str
     watermark: int
+    closes: bool
+    """The partition asks no more of this account for now; false when it gives back too
+    little to spend while its ask stands."""
     schema: int = SCHEMA_VERSION
 
 

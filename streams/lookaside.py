@@ -184,6 +184,12 @@ class RedisLookaside:
         await self.client.aclose()
 
 
+async def cached_spend(client: aioredis.Redis, key: str) -> list[SpendView]:
+    """The spend views of every partition's lease Redis holds under `key` (`spend_key`)."""
+    fields = await client.hgetall(key)
+    return [msgspec.json.decode(raw, type=SpendView) for raw in fields.values()]
+
+
 class LookasideClient:
     """An edge's side: Redis first, the owning worker on a miss; answers at an event time."""
 
@@ -226,10 +232,9 @@ class LookasideClient:
 
     async def _redis_spend(self, key: str) -> list[SpendView]:
         try:
-            fields = await self.redis.hgetall(key)
+            return await cached_spend(self.redis, key)
         except (RedisError, OSError):
             return []
-        return [msgspec.json.decode(raw, type=SpendView) for raw in fields.values()]
 
     async def _redis_get(self, key: str) -> bytes | None:
         try:

@@ -144,6 +144,9 @@ class LeaseReturn(msgspec.Struct, frozen=True, tag="return"):
     """The account's total returned, this one included."""
     spent: int
     watermark: int
+    closes: bool = True
+    """The partition asks no more of the account (the bank forgets an ask it could not fill);
+    False when it gives back too little to spend while it keeps asking."""
 
 
 class LeaseGrant(msgspec.Struct, frozen=True, tag="grant"):
@@ -309,13 +312,15 @@ class LeaseBook:
 
     def take(self, lease: Lease, terms: Terms, t: int) -> tuple[LeaseVerdict, list[ToBank]]:
         """Spend one impression at event time `t` from the lease, if it covers it."""
-        if not terms.limited or terms.cost == 0:  # no budget to exceed
+        if not terms.limited:  # no budget to exceed
             lease.unleased += terms.cost
             return Covered(terms.cost), []
         events = self.tend(lease, terms, t)
         key = terms.account(t)
         if key != LIFETIME and key < lease.closed_before:
             return Short("daily (late)"), events
+        if terms.cost == 0:  # free impressions fit any budget
+            return Covered(0), events
         account = lease.accounts.setdefault(key, Account())
         lease.rate_current += 1  # demand, covered or not: a short lease must not shrink it
         if account.fits(terms) and account.available >= terms.cost:
@@ -323,14 +328,18 @@ class LeaseBook:
             events += self._refill(lease, terms, key, low=self._low(lease))
             return Covered(terms.cost), events
         if account.fits(terms) and account.available > 0:
-            events.append(self._return(lease, key))  # pooled at the bank, it can serve
+            # Pooled at the bank, where it can serve; the ask stands.
+            events.append(self._return(lease, key, closes=False))
+        pooled = False
         if terms.lifetime is not None:
-            # What other days' leases hold counts against the lifetime budget at the bank.
+            # What other days' leases hold counts against the lifetime budget at the bank:
+            # back there, it may come back as today's (the bank's answer is on its way).
             for other, held in lease.accounts.items():
                 if other not in (key, LIFETIME) and held.available > 0:
                     events.append(self._return(lease, other))
+                    pooled = True
         events += self._refill(lease, terms, key, low=1)
-        dry = account.dry if account.fits(terms) and not account.asking else None
+        dry = account.dry if account.fits(terms) and not account.asking and not pooled else None
         return Short(dry), events
 
     def give_back(self, lease: Lease, terms: Terms, t: int, cost: int) -> list[ToBank]:
@@ -432,10 +441,15 @@ class LeaseBook:
         )
         return [ask]
 
-    def _return(self, lease: Lease, key: int) -> LeaseReturn:
+    def _return(self, lease: Lease, key: int, *, closes: bool = True) -> LeaseReturn:
         account = lease.accounts[key]
         amount = account.available
         account.returned += amount
+        if closes:
+            # The bank forgets this account's ask: what it last said of it is stale too.
+            account.answered = account.asked
+            account.dry = None
+            account.refused = False
         lease.seq_out += 1
         return LeaseReturn(
             lease.campaign_id,
@@ -446,6 +460,7 @@ class LeaseBook:
             account.returned,
             account.spent,
             lease.watermark,
+            closes,
         )
 
     def _observe(self, lease: Lease, t: int) -> None:
@@ -568,7 +583,12 @@ class BudgetBank:
         held.spent = event.spent
         if isinstance(event, LeaseReturn):
             held.returned = event.returned
-            events = self._serve_waiters(bank)
+            if event.closes:
+                holder.waiting.pop(key, None)
+            # Too little to spend, it stays at the bank for another partition: handed straight
+            # back it would bounce between the two with every request.
+            skip = None if event.closes else (event.partition, key)
+            events = self._serve_waiters(bank, skip=skip)
             self._drop_old_days(bank)
             return events
         bank.tickets += 1
@@ -649,11 +669,15 @@ class BudgetBank:
             for p, other in bank.holders.items()
         )
 
-    def _serve_waiters(self, bank: Bank) -> list[ToPartition]:
-        """Grant what came back to the partitions waiting, oldest ask first; answer those
-        whose answer waited on returns once none is to come."""
+    def _serve_waiters(self, bank: Bank, skip: tuple[int, int] | None = None) -> list[ToPartition]:
+        """Grant what came back to the partitions waiting, oldest ask first (but `skip`'s,
+        a (partition, account)); answer those whose answer waited on returns once none is
+        to come."""
         waiting = sorted(
-            (w.ticket, p, key) for p, h in bank.holders.items() for key, w in h.waiting.items()
+            (w.ticket, p, key)
+            for p, h in bank.holders.items()
+            for key, w in h.waiting.items()
+            if (p, key) != skip
         )
         events: list[ToPartition] = []
         for _, partition, key in waiting:

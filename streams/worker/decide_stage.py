@@ -275,10 +275,7 @@ class Decider:
         for partition, last in requests_of_partition.items():
             with event_context(last):
                 self._expire(partition, last)
-        for lease in self.desk.changed_leases():
-            rules = self.view.get(lease.campaign_id)
-            if rules is not None:
-                batch.changes.spend[(lease.campaign_id, lease.partition)] = (lease.spend(), rules)
+        spent = {lease.campaign_id for lease in self.desk.changed_leases()}
         self.desk.write()
         for table in (
             self.tables.seen,
@@ -288,7 +285,14 @@ class Decider:
         ):
             await table.flush(self.outputs.send)
         await self.outputs.delivered()
-        if self.lookaside is not None and (batch.changes.caps or batch.changes.spend):
+        if self.lookaside is not None and (batch.changes.caps or spent):
+            # Every lease held here of a campaign that spent: a Redis emptied meanwhile
+            # gets this worker's whole share back at once.
+            for lease in self.desk.leases_of(spent):
+                rules = self.view.get(lease.campaign_id)
+                if rules is not None:
+                    key = (lease.campaign_id, lease.partition)
+                    batch.changes.spend[key] = (lease.spend(), rules)
             self.lookaside.write(batch.changes)
 
     def finished(self) -> dict[TP, int]:

@@ -89,10 +89,12 @@ class LeaseDesk:
 
     def spend(self, campaign_id: str) -> list[Spend]:
         """What each lease of the campaign this worker holds has spent (between batches)."""
+        return [lease.spend() for lease in self.leases_of({campaign_id})]
+
+    def leases_of(self, campaign_ids: set[str]) -> list[Lease]:
+        """The leases of these campaigns this worker holds (between batches)."""
         return [
-            lease.spend()
-            for _, lease in self.tables.leases.items()
-            if lease.campaign_id == campaign_id
+            lease for _, lease in self.tables.leases.items() if lease.campaign_id in campaign_ids
         ]
 
     # --- events from budget-leases --------------------------------------------------------

@@ -41,6 +41,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka.partitioner import murmur2
+from redis.exceptions import RedisError
 
 from infra.broker import KafkaBroker
 from infra.redis_server import RedisServer
@@ -49,7 +50,7 @@ from models.events import AdRequest, Campaign
 from models.money import to_micros
 from streams.decision_reader import Decision
 from streams.invariants import budget_violations, cap_violations, spend_by_campaign
-from streams.lookaside import CapView, SpendView, cap_key, spend_key
+from streams.lookaside import CapView, cached_spend, cap_key, spend_key
 from streams.worker.faust_seam import FAILED_EXIT
 from streams.worker.outputs import KEPT_KEY_BYTES, KEPT_VALUE_BYTES
 from streams.worker.process import WorkerFailed, WorkerProcess
@@ -1079,17 +1080,23 @@ async def cache_filled(
     }
     spends = [spend_key(prefix, c) for c in {p["campaign_id"] for p in served}]
     deadline = time.monotonic() + timeout_s
+    client = aioredis.Redis.from_url(url)
     while True:
         cap_values = await redis_values(url, list(caps))
-        spend_values = await redis_values(url, spends)
-        held = all(
-            value is not None and t in msgspec.json.decode(value, type=CapView).times
-            for value, t in zip(cap_values, caps.values(), strict=True)
-        ) and all(
-            value is not None and msgspec.json.decode(value, type=SpendView).lifetime > 0
-            for value in spend_values
+        try:
+            spend_views = [await cached_spend(client, key) for key in spends]
+        except (RedisError, OSError):
+            spend_views = []
+        held = (
+            all(
+                value is not None and t in msgspec.json.decode(value, type=CapView).times
+                for value, t in zip(cap_values, caps.values(), strict=True)
+            )
+            and len(spend_views) == len(spends)
+            and all(sum(view.lifetime for view in views) > 0 for views in spend_views)
         )
         if held or time.monotonic() > deadline:
+            await client.aclose()
             return held
         await asyncio.sleep(0.2)
 
