@@ -29,8 +29,8 @@ from models.codec import encode
 from streams.lookaside import StateView, cap_view, spend_view
 from streams.settings import Settings
 from streams.state.frequency import Impressions
-from streams.state.spend import Spend
 from streams.topics import Partitions, Topics
+from streams.vast.breaker import CircuitBreaker
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
 from streams.worker.faust_seam import (
@@ -48,6 +48,7 @@ from streams.worker.faust_seam import (
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
 from streams.worker.route_stage import Router
+from streams.worker.status import campaign_spend, worker_status
 from streams.worker.tables import RawTable, Tables, frequency_key
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def create_worker(
     resolver: Resolver,
     metrics: Metrics,
     lookaside: Lookaside | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> Worker:
+    """`breaker`: the resolver's, whose states the worker reports."""
     tune_clients(
         fetch_wait_ms=settings.fetch_wait_ms,
         retry_backoff_ms=10,
@@ -207,6 +210,7 @@ def create_worker(
     async def metrics_page(web: Any, request: Any) -> Any:
         for name, table in (("seen", tables.seen), ("frequency", tables.frequency)):
             metrics.table_keys.labels(table=name).set(len(table))
+        metrics.show(worker_status(app, tables, topics, partitions, committer.committed(), breaker))
         return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
     routable = asyncio.Event()
@@ -234,7 +238,7 @@ def create_worker(
         rules = tables.campaigns.get(campaign_id)
         if rules is None:
             return web.bytes(encode(StateView(campaign_id, known=False)), content_type=JSON)
-        spent = tables.spend.get(campaign_id) or Spend()
+        spent = campaign_spend(tables, campaign_id)
         cap = None
         user_id = request.query.get("user")
         if user_id and rules.caps:
