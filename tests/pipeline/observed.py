@@ -59,10 +59,11 @@ async def breaker_states(deployment: Deployment) -> dict[str, float]:
 
 
 async def make_traffic(deployment: Deployment, vast_server: VastServer) -> Traffic:
-    """Decide `SERVED` ads and two budget denials, then requests to the slow upstream until
-    its breaker is open (a timeout noticed late by a busy loop does not count)."""
+    """Decide `SERVED` ads and two budget denials, dead-letter a message, then send requests
+    to the slow upstream until its breaker is open (a timeout noticed late by a busy loop
+    does not count)."""
     slow_url = vast_server.add(vast(inline()), delay=3.0, name="slow.xml")
-    budgeted = campaign(vast_server.add(vast(inline())), lifetime="0.01")
+    budgeted = campaign(vast_server.add(vast(inline())), lifetime="0.01", daily="1.00")
     slow = campaign(slow_url)
     await deployment.load(budgeted, slow)
     users = [f"observed-{n}" for n in range(SERVED + 2)]
@@ -72,6 +73,8 @@ async def make_traffic(deployment: Deployment, vast_server: VastServer) -> Traff
             *(request(budgeted.campaign_id, now_ms + n, user) for n, user in enumerate(users))
         )
     )
+    await deployment.publish_raw(b"not an ad request")
+    await deployment.dead_lettered(1)
     deadline = time.monotonic() + 40
     while (await breaker_states(deployment)).get(slow_url) != 1:
         assert time.monotonic() < deadline, "the slow upstream's breaker never opened"
