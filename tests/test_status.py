@@ -15,11 +15,13 @@ from streams.vast.breaker import EndpointState
 from streams.worker.metrics import Metrics
 from streams.worker.status import (
     CampaignStatus,
+    DecisionRates,
     PartitionStatus,
     WorkerStatus,
     campaign_partition,
     campaign_status,
 )
+from streams.worker.status_view import Money, campaign_view
 
 DAY_MS = 86_400_000
 
@@ -118,3 +120,24 @@ def test_metrics_show_a_status_and_drop_what_it_no_longer_holds() -> None:
     assert not [key for key in after if key[0].startswith("adstream_upstream_breaker_open")]
     assert after["adstream_upstream_breakers_open", ()] == 0
     assert after["adstream_campaign_spend_micros", lifetime] == 2_500
+
+
+def test_decision_rates_count_from_the_start_and_over_the_last_window() -> None:
+    rates = DecisionRates(started=100.0, window_s=10.0)
+    assert rates.per_second() == {}
+    rates.observe(102.0, {"served": 4, "frequency_cap": 2})  # before the first regular sample
+    assert rates.per_second() == {"served": 2.0, "frequency_cap": 1.0}
+    for at in range(103, 120):
+        rates.observe(float(at), {"served": 4 + 3 * (at - 102), "frequency_cap": 2})
+    assert rates.per_second() == {"served": 3.0, "frequency_cap": 0.0}
+
+
+def test_the_status_json_gives_money_as_decimal_strings_with_their_currency() -> None:
+    spent = Spend()
+    charge(spent, 2_500, 20_000 * DAY_MS)
+    view = campaign_view(campaign_status(rules(), spent))
+    assert view.spent == Money("0.0025", "EUR") and view.remaining == Money("0.0075", "EUR")
+    assert view.day == "2024-10-04" and view.spent_on_day == Money("0.0025", "EUR")
+    unlimited = campaign_view(campaign_status(rules(lifetime=None), Spend()))
+    assert (unlimited.budget, unlimited.remaining, unlimited.day) == (None, None, None)
+    assert unlimited.spent == Money("0.00", "EUR")

@@ -14,8 +14,10 @@ transaction with the offsets of the events that caused it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -48,7 +50,8 @@ from streams.worker.faust_seam import (
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
 from streams.worker.route_stage import Router
-from streams.worker.status import campaign_spend, worker_status
+from streams.worker.status import DecisionRates, WorkerStatus, campaign_spend, worker_status
+from streams.worker.status_view import PAGE, status_view
 from streams.worker.tables import RawTable, Tables, frequency_key
 
 log = logging.getLogger(__name__)
@@ -206,12 +209,36 @@ def create_worker(
     async def decide(stream: StreamT[Any]) -> None:
         await run_stage(stream, decider.handle, decider.outputs, journals["decide"])
 
+    rates = DecisionRates(started=time.monotonic())
+
+    def current_status() -> WorkerStatus:
+        return worker_status(app, tables, topics, partitions, committer.committed(), breaker)
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         for name, table in (("seen", tables.seen), ("frequency", tables.frequency)):
             metrics.table_keys.labels(table=name).set(len(table))
-        metrics.show(worker_status(app, tables, topics, partitions, committer.committed(), breaker))
+        metrics.show(current_status())
         return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def sample_decisions() -> None:
+        rates.observe(time.monotonic(), metrics.decision_totals())
+
+    @app.page("/adstream/status/")
+    async def status_page(web: Any, request: Any) -> Any:
+        return web.html(PAGE)
+
+    @app.page("/adstream/status.json")
+    async def status_json(web: Any, request: Any) -> Any:
+        view = status_view(
+            settings.group_id,
+            datetime.datetime.now(datetime.UTC),
+            current_status(),
+            metrics.decision_totals(),
+            rates.per_second(),
+        )
+        return web.bytes(encode(view), content_type=JSON)
 
     routable = asyncio.Event()
 

@@ -128,6 +128,15 @@ class Metrics:
             registry=registry,
         )
 
+    def decision_totals(self) -> dict[str, int]:
+        """Decisions so far by reason, `served` for the served ones."""
+        return {
+            sample.labels["reason"] or sample.labels["outcome"]: int(sample.value)
+            for family in self.decisions.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+
     def show(self, status: WorkerStatus) -> None:
         """Set the state gauges from `status`; series of what it no longer holds go."""
         for gauge in (

@@ -8,6 +8,7 @@ a campaign's spend.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 
 import faust
@@ -153,3 +154,27 @@ def worker_status(
         endpoints,
         open_endpoints,
     )
+
+
+class DecisionRates:
+    """Decisions per second by reason over the last `window_s`, from samples of the running
+    totals (taken once a second by the worker)."""
+
+    def __init__(self, started: float, window_s: float = 10.0) -> None:
+        """`started`: when the totals were all zero (the worker's start)."""
+        self.window_s = window_s
+        self._samples: deque[tuple[float, dict[str, int]]] = deque([(started, {})])
+
+    def observe(self, at: float, totals: Mapping[str, int]) -> None:
+        self._samples.append((at, dict(totals)))
+        while len(self._samples) > 2 and at - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+
+    def per_second(self) -> dict[str, float]:
+        if len(self._samples) < 2:
+            return {}
+        (first_at, first), (last_at, last) = self._samples[0], self._samples[-1]
+        elapsed = last_at - first_at
+        if elapsed <= 0:
+            return {}
+        return {reason: (count - first.get(reason, 0)) / elapsed for reason, count in last.items()}
