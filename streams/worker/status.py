@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 import faust
 import msgspec
 from aiokafka.partitioner import murmur2
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from streams.state.campaigns import CampaignRules
@@ -145,11 +146,16 @@ def worker_status(
     committed: Mapping[TP, int],
     breaker: CircuitBreaker | None,
 ) -> WorkerStatus:
-    assigned = app.consumer.assignment()
+    sources = (topics.requests, topics.by_campaign, topics.campaigns)
+    try:
+        assigned = app.consumer.assignment()
+        positions = partition_statuses(app, sources, committed)
+    except ConsumerNotStarted:  # asked while the worker starts
+        assigned, positions = set(), []
     owned = {tp.partition for tp in assigned if tp.topic == topics.campaigns}
     endpoints, open_endpoints = breaker_states(breaker)
     return WorkerStatus(
-        partition_statuses(app, (topics.requests, topics.by_campaign, topics.campaigns), committed),
+        positions,
         owned_campaigns(tables, owned, partitions.campaigns),
         endpoints,
         open_endpoints,
