@@ -16,15 +16,20 @@ from infra.process import LOOPBACK, ServiceProcess, ensure_port_free, free_port
 PACKAGE = "prometheus"
 
 
+class PromtoolFailed(Exception):
+    """promtool found a problem; the message holds its output."""
+
+
 def promtool(args: Sequence[str], log_dir: Path, cwd: Path | None = None) -> str:
-    """Run `promtool` with `args`; its output (stdout and stderr), raising if it fails."""
+    """Run `promtool` with `args`; its output (stdout and stderr). Raises `PromtoolFailed`
+    with that output when it exits non-zero (a rule or test that does not pass)."""
     binary = find_or_install("promtool", PACKAGE, log_dir)
     done = subprocess.run(
         [binary, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120
     )
     output = done.stdout + done.stderr
     if done.returncode != 0:
-        raise AssertionError(f"promtool {' '.join(args)} exited {done.returncode}:\n{output}")
+        raise PromtoolFailed(f"promtool {' '.join(args)} exited {done.returncode}:\n{output}")
     return output
 
 

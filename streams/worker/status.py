@@ -8,6 +8,7 @@ a campaign's spend.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -105,6 +106,8 @@ def campaign_status(rules: CampaignRules, spent: Spend) -> CampaignStatus:
     )
 
 
+# aiokafka's murmur2 is pure Python (~35 us a call), and every scrape asks for each campaign.
+@functools.lru_cache(maxsize=65_536)
 def campaign_partition(campaign_id: str, partitions: int) -> int:
     """The partition of `campaigns` (and of the tables following it) holding a campaign: the
     Kafka producers' default partitioner, as its records are keyed by campaign_id."""
