@@ -15,6 +15,7 @@ import click
 from streams import logs
 from streams.billing import consumer, report
 from streams.billing.ledger import Ledger, LedgerError
+from streams.billing.metrics import BillingMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -42,6 +43,11 @@ LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
     show_default=True,
     help="Seconds to keep trying to reach Kafka before giving up.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics (billing's lag) at /metrics on this port of ADSTREAM_WEB_BIND.",
+)
 @click.pass_context
 def billing_group(
     ctx: click.Context,
@@ -49,6 +55,7 @@ def billing_group(
     until_caught_up: bool,
     batch_size: int,
     connect_timeout: float,
+    metrics_port: int | None,
 ) -> None:
     """Charge every served ad exactly once into the ledger at --ledger.
 
@@ -66,6 +73,13 @@ def billing_group(
         raise click.ClickException(str(exc)) from exc
     logs.configure(settings.log_level)
     topic = Topics.named(settings.topic_prefix, settings.app_id).served
+    metrics = None
+    if metrics_port is not None:
+        metrics = BillingMetrics()
+        try:
+            metrics.serve(metrics_port, settings.web_bind)
+        except OSError as exc:
+            raise click.ClickException(f"--metrics-port {metrics_port}: {exc}") from exc
     try:
         with Ledger.open(ledger_path) as ledger:
             progress = asyncio.run(
@@ -76,6 +90,7 @@ def billing_group(
                     until_caught_up,
                     batch_size,
                     connect_timeout,
+                    metrics,
                 )
             )
     except (LedgerError, consumer.BillingError) as exc:
@@ -91,6 +106,7 @@ async def _bill(
     until_caught_up: bool,
     batch_size: int,
     connect_timeout_s: float,
+    metrics: BillingMetrics | None,
 ) -> consumer.Progress:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,8 +120,14 @@ async def _bill(
         until_caught_up=until_caught_up,
         batch_size=batch_size,
         connect_timeout_s=connect_timeout_s,
-        on_progress=lambda progress: click.echo(_progress_line(progress), err=True),
+        on_progress=lambda progress: _report(progress, metrics),
     )
+
+
+def _report(progress: consumer.Progress, metrics: BillingMetrics | None) -> None:
+    click.echo(_progress_line(progress), err=True)
+    if metrics is not None:
+        metrics.show(progress)
 
 
 def _progress_line(progress: consumer.Progress) -> str:

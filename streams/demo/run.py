@@ -322,6 +322,7 @@ def _next_steps(upstream: DemoUpstream, settings: Settings) -> str:
             f"  adstream campaigns load {_shown(CAMPAIGNS)}",
             "  # a running worker's Prometheus metrics (port: ADSTREAM_WEB_PORT)",
             "  curl http://127.0.0.1:6066/metrics",
+            "  # its status page, in a browser: http://127.0.0.1:6066/adstream/status/",
         ]
     )
 

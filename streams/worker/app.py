@@ -14,8 +14,10 @@ transaction with the offsets of the events that caused it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -29,8 +31,8 @@ from models.codec import encode
 from streams.lookaside import StateView, cap_view, spend_view
 from streams.settings import Settings
 from streams.state.frequency import Impressions
-from streams.state.spend import Spend
 from streams.topics import Partitions, Topics
+from streams.vast.breaker import CircuitBreaker
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
 from streams.worker.faust_seam import (
@@ -48,6 +50,8 @@ from streams.worker.faust_seam import (
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
 from streams.worker.route_stage import Router
+from streams.worker.status import DecisionRates, WorkerStatus, campaign_spend, worker_status
+from streams.worker.status_view import PAGE, status_view
 from streams.worker.tables import RawTable, Tables, frequency_key
 
 log = logging.getLogger(__name__)
@@ -76,7 +80,9 @@ def create_worker(
     resolver: Resolver,
     metrics: Metrics,
     lookaside: Lookaside | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> Worker:
+    """`breaker`: the resolver's, whose states the worker reports."""
     tune_clients(
         fetch_wait_ms=settings.fetch_wait_ms,
         retry_backoff_ms=10,
@@ -203,11 +209,36 @@ def create_worker(
     async def decide(stream: StreamT[Any]) -> None:
         await run_stage(stream, decider.handle, decider.outputs, journals["decide"])
 
+    rates = DecisionRates(started=time.monotonic())
+
+    def current_status() -> WorkerStatus:
+        return worker_status(app, tables, topics, partitions, committer.committed(), breaker)
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         for name, table in (("seen", tables.seen), ("frequency", tables.frequency)):
             metrics.table_keys.labels(table=name).set(len(table))
+        metrics.show(current_status())
         return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def sample_decisions() -> None:
+        rates.observe(time.monotonic(), metrics.decision_totals())
+
+    @app.page("/adstream/status/")
+    async def status_page(web: Any, request: Any) -> Any:
+        return web.html(PAGE)
+
+    @app.page("/adstream/status.json")
+    async def status_json(web: Any, request: Any) -> Any:
+        view = status_view(
+            settings.group_id,
+            datetime.datetime.now(datetime.UTC),
+            current_status(),
+            metrics.decision_totals(),
+            rates.per_second(),
+        )
+        return web.bytes(encode(view), content_type=JSON)
 
     routable = asyncio.Event()
 
@@ -234,7 +265,7 @@ def create_worker(
         rules = tables.campaigns.get(campaign_id)
         if rules is None:
             return web.bytes(encode(StateView(campaign_id, known=False)), content_type=JSON)
-        spent = tables.spend.get(campaign_id) or Spend()
+        spent = campaign_spend(tables, campaign_id)
         cap = None
         user_id = request.query.get("user")
         if user_id and rules.caps:

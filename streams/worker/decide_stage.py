@@ -236,6 +236,9 @@ class Decider:
             event, topic, request.campaign_id.encode(), value, request.context.timestamp
         )
         self.metrics.decision_latency.observe(time.perf_counter() - started)
+        # Wall clock against event time: how late decisions are, Kafka's backlog included.
+        event_age_s = time.time() - request.context.timestamp / 1000
+        self.metrics.event_latency.observe(max(0.0, event_age_s))
 
     async def resolve(self, rules: CampaignRules, request: AdRequest) -> VastResult:
         started = time.perf_counter()

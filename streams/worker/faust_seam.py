@@ -421,6 +421,10 @@ class Committer:
         self.app.on_partitions_revoked.connect(self._commit_revoked)
         self._installed = True
 
+    def committed(self) -> dict[TP, int]:
+        """The offset committed last in each partition (the next one to process)."""
+        return dict(self._committed)
+
     def finished(self, tp: TP, offset: int) -> None:
         """A batch is done with `offset` of `tp` (and everything before it)."""
         if offset >= self._finished.get(tp, -1):
@@ -724,3 +728,13 @@ async def learn_partitions(app: faust.App, topic: str) -> None:
     knows them; on a fresh broker it has never asked, and every routed request fails."""
     producer = cast(Any, app.producer)._ensure_producer()
     await producer.partitions_for(topic)
+
+
+def fetch_positions(app: faust.App, topics: Iterable[str]) -> dict[TP, int | None]:
+    """The fetch position of each assigned partition of `topics`, without waiting (None where
+    it has none yet): Faust's `position` waits for one, which would hang a scrape during a
+    restore."""
+    consumer: Any = app.consumer
+    kafka_consumer = consumer._thread._ensure_consumer()
+    wanted = set(topics)
+    return {tp: _position(kafka_consumer, tp) for tp in consumer.assignment() if tp.topic in wanted}

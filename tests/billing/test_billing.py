@@ -5,6 +5,7 @@ a long run stopped by SIGTERM; clear errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sqlite3
@@ -13,10 +14,12 @@ from collections import Counter
 from pathlib import Path
 from subprocess import PIPE
 
+import httpx
 import msgspec
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra.process import free_port
 from models.codec import encode
@@ -187,6 +190,43 @@ async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, tmp_path: P
     assert process.returncode == 0, stderr.decode()
     assert "billing stopped: 40 charges in the ledger (40 by this run)" in stderr.decode()
     assert ledger_charges(ledger) == expected_charges(events, placed)
+
+
+def billing_gauges(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("adstream_billing_")
+    }
+
+
+async def test_metrics_show_the_charges_and_the_lag(topic: Topic, tmp_path: Path) -> None:
+    """`--metrics-port`: a scraper sees billing catch up (lag 0 once all 30 are charged)."""
+    port = free_port()
+    env = {**billing_env(topic.bootstrap, topic.prefix), "ADSTREAM_WEB_BIND": "127.0.0.1"}
+    process = await asyncio.create_subprocess_exec(
+        *billing_command("--ledger", str(tmp_path / "ledger.db"), "--metrics-port", str(port)),
+        env=env,
+        cwd=ROOT,
+        stderr=PIPE,
+    )
+    await topic.publish([served(at_ms=BASE_MS + i) for i in range(30)])
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while (
+            seen.get("adstream_billing_charges") != 30
+            or seen.get("adstream_billing_lag_records") != 0
+        ):
+            assert process.returncode is None and time.monotonic() < deadline, seen
+            with contextlib.suppress(httpx.HTTPError):  # until it listens
+                seen = billing_gauges((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+            await asyncio.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, stderr.decode()
+    assert seen["adstream_billing_duplicates"] == seen["adstream_billing_rejected"] == 0
 
 
 async def test_clear_errors(topic: Topic, tmp_path: Path) -> None:
