@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 import click
@@ -24,6 +25,8 @@ from streams.audit.replay import Replayed, ReplayError, replay
 from streams.audit.verify import Audit, Auditor
 from streams.audit.window import Window, parse_time
 from streams.billing.ledger import Charge, Ledger, LedgerError
+from streams.plot import available as plot_available
+from streams.plot import write_png
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -72,8 +75,18 @@ class _Time(click.ParamType):
     "decisions.",
 )
 @click.option("--json", "as_json_output", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also draw the decisions in the window into this PNG: per minute by outcome, spend "
+    "against budget over event time, cap peaks (needs the `plot` extra).",
+)
 def audit(
-    start_ms: int | None, end_ms: int | None, ledger_target: str | None, as_json_output: bool
+    start_ms: int | None,
+    end_ms: int | None,
+    ledger_target: str | None,
+    as_json_output: bool,
+    plot: Path | None,
 ) -> None:
     """Replay campaigns, ad-requests, ad-served and ad-denied (read_committed, up to the end
     offsets seen at start) and verify every decision from the events alone: one decision
@@ -94,6 +107,8 @@ def audit(
         window = Window(start_ms, end_ms)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--to") from exc
+    if plot is not None and not plot_available():
+        raise AuditFailed("--plot needs matplotlib: pip install 'adstream[plot]'")
     if ledger_target is not None:  # before a long replay
         try:
             Ledger.open(ledger_target, read_only=True).close()
@@ -121,6 +136,9 @@ def audit(
     else:
         label = f"{topics.campaigns}, {topics.requests}, {topics.served}, {topics.denied}"
         click.echo(as_text(summary, label, replayed.seconds))
+    if plot is not None:
+        write_png(result.timeline, plot, f"adstream audit ({topics.requests})")
+        click.echo(f"plot: {plot}", err=True)
     if not summary.ok:
         sys.exit(1)
 
