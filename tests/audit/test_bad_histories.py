@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -18,6 +19,7 @@ from streams.topics import Topics
 from tests.audit.kafka import HistoryWriter, audit_topics, found, run_cli
 from tests.audit.support import URL, campaign, denied, request, served
 from tests.pipeline.harness import BASE_MS
+from tests.png import png_dimensions
 
 MINUTE = 60_000
 T = BASE_MS + 3_600_000
@@ -123,6 +125,17 @@ async def test_the_command_exits_1_listing_each_request(
             "spent": "0.008",
         },  # one overcharged
     ]
+
+
+async def test_the_command_draws_what_it_audited(
+    kafka_bootstrap: str, forged: Forged, tmp_path: Path
+) -> None:
+    plot = tmp_path / "audit.png"
+    result = await run_cli(kafka_bootstrap, forged.prefix, "--json", "--plot", str(plot))
+    assert result.returncode == 1, result.stderr  # the forgeries are still found
+    assert json.loads(result.stdout)["violations"]
+    assert f"plot: {plot}" in result.stderr
+    assert png_dimensions(plot)[0] == 1200
 
 
 async def test_a_window_reports_only_what_lies_inside(kafka_bootstrap: str, forged: Forged) -> None:
