@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from infra.postgres_server import PostgresServer
 from models.events import AdDenied, AdRequest, AdServed
 from streams.audit.findings import Summary
 from streams.audit.window import Window, iso
@@ -136,6 +137,15 @@ async def test_the_command_draws_what_it_audited(
     assert json.loads(result.stdout)["violations"]
     assert f"plot: {plot}" in result.stderr
     assert png_dimensions(plot)[0] == 1200
+
+
+async def test_a_postgresql_ledger_is_opened_as_such(
+    kafka_bootstrap: str, forged: Forged, postgres: PostgresServer
+) -> None:
+    empty = postgres.create_database(f"audit_{uuid.uuid4().hex}")
+    result = await run_cli(kafka_bootstrap, forged.prefix, "--ledger", empty)
+    assert result.returncode == 2, result.stderr
+    assert f"no ledger at {empty}" in result.stderr
 
 
 async def test_a_window_reports_only_what_lies_inside(kafka_bootstrap: str, forged: Forged) -> None:

@@ -1,10 +1,10 @@
 """Fixtures of the billing tests: a fresh `ad-served` topic per test, and a fresh ledger in
-each kind of database (a file for SQLite, a new database on a throwaway PostgreSQL server)."""
+each kind of database (a file for SQLite, a new database on the session's PostgreSQL server)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +19,6 @@ async def topic(kafka_bootstrap: str, unique_name: str) -> AsyncIterator[Topic]:
     await created.create()
     yield created
     await created.close()
-
-
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    server = PostgresServer(log_dir=tmp_path_factory.mktemp("postgres"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
