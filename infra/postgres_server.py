@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from infra.errors import PrerequisiteMissing, ServiceStartError
-from infra.process import LOOPBACK, ServiceProcess, ensure_port_free, free_port
+from infra.process import LOOPBACK, ServiceProcess, ensure_port_free, free_port, tail
 
 INSTALL_HINT = "install it, e.g. `apt-get install postgresql`"
 SUPERUSER = "adstream"
@@ -112,7 +112,9 @@ class PostgresServer:
                 stdout=log, stderr=subprocess.STDOUT, check=False,
             )  # fmt: skip
         if made.returncode != 0:
-            raise ServiceStartError("PostgreSQL", "initdb failed", self.log_dir / "initdb.log", "")
+            self.stop()
+            log_path = self.log_dir / "initdb.log"
+            raise ServiceStartError("PostgreSQL", "initdb failed", log_path, tail(log_path))
         self._process = ServiceProcess(
             "PostgreSQL",
             [
