@@ -142,6 +142,10 @@ class Ledger(ABC):
     @abstractmethod
     def execute_many(self, statement: str, rows: Iterable[Sequence[object]]) -> None: ...
 
+    def insert_each(self, statement: str, rows: Sequence[Sequence[object]]) -> list[bool]:
+        """Run the INSERT `statement` for each row in order; whether each inserted its row."""
+        return [bool(self.execute(statement, row).rowcount) for row in rows]
+
     @abstractmethod
     def begin_write(self) -> None:
         """Begin a transaction that no other writer's can interleave with."""
@@ -219,30 +223,25 @@ class Ledger(ABC):
         self, charges: Iterable[Charge], offsets: Mapping[int, int], rejected: Iterable[Rejected]
     ) -> Recorded:
         stored = self.offsets()
-        charged, duplicates, kept = 0, [], 0
-        for charge in charges:
-            self._check_unread(stored, charge.partition, charge.offset)
-            cursor = self.execute(
-                f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (request_id) DO NOTHING",
-                _row(charge),
-            )
-            if cursor.rowcount:
-                charged += 1
-            else:
-                self.execute(
-                    f"INSERT INTO duplicates ({_CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    _row(charge),
-                )
-                duplicates.append(charge)
-        for record in rejected:
-            self._check_unread(stored, record.partition, record.offset)
-            self.execute(
-                'INSERT INTO rejected (partition, "offset", error, key, value)'
-                " VALUES (?, ?, ?, ?, ?)",
-                (record.partition, record.offset, record.error, record.key, record.value),
-            )
-            kept += 1
+        charges, rejected = list(charges), list(rejected)
+        for partition, offset in [(c.partition, c.offset) for c in charges] + [
+            (r.partition, r.offset) for r in rejected
+        ]:
+            self._check_unread(stored, partition, offset)
+        inserted = self.insert_each(
+            f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (request_id) DO NOTHING",
+            [_row(charge) for charge in charges],
+        )
+        duplicates = [charge for charge, new in zip(charges, inserted, strict=True) if not new]
+        self.execute_many(
+            f"INSERT INTO duplicates ({_CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [_row(charge) for charge in duplicates],
+        )
+        self.execute_many(
+            'INSERT INTO rejected (partition, "offset", error, key, value) VALUES (?, ?, ?, ?, ?)',
+            [(r.partition, r.offset, r.error, r.key, r.value) for r in rejected],
+        )
         for partition, next_offset in offsets.items():
             if next_offset < stored.get(partition, 0):
                 raise LedgerConflict(
@@ -255,7 +254,11 @@ class Ledger(ABC):
             " ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
             offsets.items(),
         )
-        return Recorded(charged=charged, duplicates=tuple(duplicates), rejected=kept)
+        return Recorded(
+            charged=len(charges) - len(duplicates),
+            duplicates=tuple(duplicates),
+            rejected=len(rejected),
+        )
 
     def _check_unread(self, stored: Mapping[int, int], partition: int, offset: int) -> None:
         if offset < stored.get(partition, 0):

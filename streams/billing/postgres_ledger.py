@@ -147,6 +147,17 @@ class PostgresLedger(Ledger):
         with self._db.cursor() as cursor:
             cursor.executemany(query, rows)
 
+    def insert_each(self, statement: str, rows: Sequence[Sequence[object]]) -> list[bool]:
+        # One round trip for the batch (psycopg pipelines executemany), not one per charge.
+        query = statement.replace("?", "%s") + " RETURNING 1"
+        inserted = []
+        with self._db.cursor() as cursor:
+            cursor.executemany(query, rows, returning=True)
+            for _ in rows:
+                inserted.append(cursor.fetchone() is not None)
+                cursor.nextset()
+        return inserted
+
     def begin_write(self) -> None:
         self._db.execute("BEGIN")
         self._db.execute("LOCK TABLE offsets IN EXCLUSIVE MODE")
