@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.image import imread
 
-from bench import commit_sweep, infra_startup, pipeline, vast_resolver
+from bench import billing_ledgers, commit_sweep, infra_startup, pipeline, vast_resolver
 from bench._plot import Panel, save_beside
 from tests.png import png_dimensions
 
@@ -58,6 +58,14 @@ def test_vast_resolver_and_infra_startup_panels() -> None:
     startup = report("infra_startup")
     (seconds,) = infra_startup.panels(startup)
     assert seconds.bars == {k: v for k, v in startup.items() if k.endswith("_s")}
+
+
+def test_billing_ledgers_panels_compare_the_ledgers() -> None:
+    loaded = report("billing_ledgers")
+    rate, cpu = billing_ledgers.panels(loaded)
+    assert set(rate.bars) == set(cpu.bars) == {"sqlite", "postgresql"}
+    assert rate.bars["postgresql"] == loaded["ledgers"]["postgresql"]["charges_per_s"]
+    assert cpu.bars["sqlite"] == loaded["ledgers"]["sqlite"]["cpu_us_per_charge"]
 
 
 def test_the_picture_lands_beside_the_report(tmp_path: Path) -> None:
