@@ -49,6 +49,7 @@ import aiohttp
 import httpx
 from aiohttp import web
 
+from bench._plot import Panel, save_beside
 from models.codec import MAX_RECORD_BYTES
 from models.context import SessionContext
 from streams.vast import VastTransport, VastUpstream, chain, unwrap
@@ -406,6 +407,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def panels(rows: list[dict[str, Any]]) -> list[Panel]:
+    """What the picture beside the report shows: CPU and rate of each contender and case."""
+
+    def label(row: dict[str, Any]) -> str:
+        return f"{row['contender']}, {row['chain']} x{row['concurrency']}"
+
+    return [
+        Panel("CPU us per resolution", {label(row): row["cpu_us"] for row in rows}),
+        Panel("resolutions/s", {label(row): row["per_s"] for row in rows}),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measured time per run")
@@ -442,7 +455,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"written: {RESULTS}")
+    print(f"written: {RESULTS} and {save_beside(RESULTS, 'bench.vast_resolver', panels(rows))}")
 
 
 def main_hostile(seconds: float) -> None:

@@ -1,14 +1,14 @@
-"""`adstream billing`: charge every served ad once into a SQLite ledger, and report on it.
+"""`adstream billing`: charge every served ad once into a ledger (an SQLite file, or a
+PostgreSQL database given by URL), and report on it.
 
-`adstream billing --ledger PATH` runs the consumer (settings from the environment: the broker
-and ADSTREAM_TOPIC_PREFIX); `adstream billing report --ledger PATH` prints the totals.
+`adstream billing --ledger LEDGER` runs the consumer (settings from the environment: the broker
+and ADSTREAM_TOPIC_PREFIX); `adstream billing report --ledger LEDGER` prints the totals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from pathlib import Path
 
 import click
 
@@ -19,11 +19,11 @@ from streams.billing.metrics import BillingMetrics
 from streams.settings import Settings
 from streams.topics import Topics
 
-LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
+LEDGER_HELP = "The ledger: an SQLite file, or a postgresql://USER@HOST:PORT/DATABASE URL."
 
 
 @click.group("billing", invoke_without_command=True)
-@click.option("--ledger", "ledger_path", type=LEDGER_PATH, help="The SQLite ledger file.")
+@click.option("--ledger", "ledger_target", metavar="LEDGER", help=LEDGER_HELP)
 @click.option(
     "--until-caught-up",
     is_flag=True,
@@ -34,7 +34,7 @@ LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
     type=click.IntRange(1, 100_000),
     default=1000,
     show_default=True,
-    help="Most records per SQLite transaction.",
+    help="Most records per ledger transaction.",
 )
 @click.option(
     "--connect-timeout",
@@ -51,7 +51,7 @@ LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
 @click.pass_context
 def billing_group(
     ctx: click.Context,
-    ledger_path: Path | None,
+    ledger_target: str | None,
     until_caught_up: bool,
     batch_size: int,
     connect_timeout: float,
@@ -60,13 +60,13 @@ def billing_group(
     """Charge every served ad exactly once into the ledger at --ledger.
 
     Reads ad-served (read_committed) from the offsets stored in the ledger; each batch of
-    charges commits in one SQLite transaction with its offsets. SIGTERM/SIGINT stop after the
+    charges commits in one database transaction with its offsets. SIGTERM/SIGINT stop after the
     batch in progress. Progress goes to stderr.
     """
     if ctx.invoked_subcommand is not None:
         return
-    if ledger_path is None:
-        raise click.UsageError("--ledger PATH is required", ctx)
+    if ledger_target is None:
+        raise click.UsageError("--ledger LEDGER is required", ctx)
     try:
         settings = Settings.from_env()
     except ValueError as exc:
@@ -81,7 +81,7 @@ def billing_group(
         except OSError as exc:
             raise click.ClickException(f"--metrics-port {metrics_port}: {exc}") from exc
     try:
-        with Ledger.open(ledger_path) as ledger:
+        with Ledger.open(ledger_target) as ledger:
             progress = asyncio.run(
                 _bill(
                     settings.kafka_bootstrap_servers,
@@ -139,12 +139,12 @@ def _progress_line(progress: consumer.Progress) -> str:
 
 
 @billing_group.command("report")
-@click.option("--ledger", "ledger_path", type=LEDGER_PATH, required=True, help="The ledger.")
+@click.option("--ledger", "ledger_target", metavar="LEDGER", required=True, help=LEDGER_HELP)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-def report_command(ledger_path: Path, as_json: bool) -> None:
+def report_command(ledger_target: str, as_json: bool) -> None:
     """Totals per campaign and UTC day of event time, and per currency, exact to the micro."""
     try:
-        with Ledger.open(ledger_path, read_only=True) as ledger:
+        with Ledger.open(ledger_target, read_only=True) as ledger:
             built = report.build(ledger.totals(), ledger.counts())
     except LedgerError as exc:
         raise click.ClickException(str(exc)) from exc

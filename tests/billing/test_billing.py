@@ -32,6 +32,7 @@ from tests.billing.support import (
     Topic,
     billing_command,
     billing_env,
+    charges_in,
     expected_charges,
     ledger_charges,
     ledger_state,
@@ -41,20 +42,20 @@ from tests.billing.support import (
 )
 
 
-async def bill(topic: Topic, path: Path) -> consumer.Progress:
+async def bill(topic: Topic, target: str) -> consumer.Progress:
     """Run the consumer in this process until it has caught up."""
-    with Ledger.open(path) as ledger:
+    with Ledger.open(target) as ledger:
         return await consumer.run(
             topic.bootstrap, topic.name, ledger, asyncio.Event(), until_caught_up=True
         )
 
 
-async def test_the_ledger_equals_the_served_events(topic: Topic, tmp_path: Path) -> None:
+async def test_the_ledger_equals_the_served_events(topic: Topic, ledger_target: str) -> None:
     expected = await publish_mixed(topic, 600, seed=3)
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
     env = billing_env(topic.bootstrap, topic.prefix)
 
-    first = await run_billing(env, "--ledger", str(ledger), "--until-caught-up")
+    first = await run_billing(env, "--ledger", ledger, "--until-caught-up")
     assert first.returncode == 0, first.stderr
     assert ledger_state(ledger) == expected
     charges = len(expected.charges)
@@ -62,12 +63,12 @@ async def test_the_ledger_equals_the_served_events(topic: Topic, tmp_path: Path)
         first.stderr
     )
 
-    again = await run_billing(env, "--ledger", str(ledger), "--until-caught-up")
+    again = await run_billing(env, "--ledger", ledger, "--until-caught-up")
     assert again.returncode == 0, again.stderr
     assert f"({0} by this run)" in again.stderr
     assert ledger_state(ledger) == expected
 
-    report = await run_billing(env, "report", "--ledger", str(ledger), "--json")
+    report = await run_billing(env, "report", "--ledger", ledger, "--json")
     assert report.returncode == 0, report.stderr
     totals = msgspec.json.decode(report.stdout)
     by_currency: Counter[str] = Counter()
@@ -82,12 +83,12 @@ async def test_the_ledger_equals_the_served_events(topic: Topic, tmp_path: Path)
 
 
 async def test_a_request_id_served_twice_is_charged_once(
-    topic: Topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    topic: Topic, ledger_target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     first, other = served("camp-1"), served("camp-1")
     placed = await topic.publish([first, other, first])
     resent = await topic.publish([first])
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
     with caplog.at_level(logging.WARNING, logger="streams.billing"):
         progress = await bill(topic, ledger)
 
@@ -99,13 +100,13 @@ async def test_a_request_id_served_twice_is_charged_once(
     assert "duplicate AdServed" in logged[0].getMessage()
 
 
-async def test_aborted_transactions_are_never_charged(topic: Topic, tmp_path: Path) -> None:
+async def test_aborted_transactions_are_never_charged(topic: Topic, ledger_target: str) -> None:
     kept = [served() for _ in range(5)]
     placed = await topic.publish(kept[:3])
     await topic.publish([served() for _ in range(4)], abort=True)
     placed += await topic.publish(kept[3:])
     await topic.publish([served() for _ in range(4)], abort=True)  # the log ends aborted
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
 
     progress = await bill(topic, ledger)
 
@@ -121,7 +122,7 @@ async def test_aborted_transactions_are_never_charged(topic: Topic, tmp_path: Pa
 
 
 async def test_malformed_records_are_kept_and_billing_goes_on(
-    topic: Topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    topic: Topic, ledger_target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = [served(), served(cost="1.000001")]
     valid = msgspec.json.decode(encode(served()))
@@ -141,7 +142,7 @@ async def test_malformed_records_are_kept_and_billing_goes_on(
     placed_bad += await topic.publish_raw(records[4:])
     placed_good = [placed_bad.pop(4)]
     placed_good += await topic.publish(good[1:])
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
     with caplog.at_level(logging.WARNING, logger="streams.billing"):
         progress = await bill(topic, ledger)
 
@@ -168,10 +169,10 @@ async def test_malformed_records_are_kept_and_billing_goes_on(
     )
 
 
-async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger.db"
+async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, ledger_target: str) -> None:
+    ledger = ledger_target
     process = await asyncio.create_subprocess_exec(
-        *billing_command("--ledger", str(ledger)),
+        *billing_command("--ledger", ledger),
         env=billing_env(topic.bootstrap, topic.prefix),
         cwd=ROOT,
         stderr=PIPE,
@@ -181,7 +182,7 @@ async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, tmp_path: P
     for start in range(0, len(events), 10):
         placed += await topic.publish(events[start : start + 10])
         deadline = time.monotonic() + 20
-        while len(ledger_charges(ledger) if ledger.exists() else []) < start + 10:
+        while charges_in(ledger) < start + 10:
             assert process.returncode is None and time.monotonic() < deadline
             await asyncio.sleep(0.05)
     process.send_signal(signal.SIGTERM)
@@ -262,14 +263,14 @@ async def test_clear_errors(topic: Topic, tmp_path: Path) -> None:
     assert no_ledger.returncode == 1
     assert "Error: no ledger at" in no_ledger.stderr
     assert usage.returncode == 2
-    assert "--ledger PATH is required" in usage.stderr
+    assert "--ledger LEDGER is required" in usage.stderr
     # A failed start bound the ledger to no topic: the right prefix can still use it.
     with Ledger.open(tmp_path / "typo.db", read_only=True) as typo:
         assert typo.topic is None
 
 
-async def test_records_gone_from_the_log_stop_billing(topic: Topic, tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger.db"
+async def test_records_gone_from_the_log_stop_billing(topic: Topic, ledger_target: str) -> None:
+    ledger = ledger_target
     first = await topic.publish([served("camp-1") for _ in range(3)])
     await bill(topic, ledger)
     later = await topic.publish([served("camp-1") for _ in range(3)])
