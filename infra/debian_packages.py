@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from infra.errors import PrerequisiteMissing
@@ -18,13 +19,22 @@ def find_or_install(program: str, package: str, log_dir: Path) -> str:
     """The path of `program`; as root with apt-get, installs Debian's `package` first.
 
     apt-get's output goes to `log_dir/apt-<package>.log`, which the error names."""
-    found = shutil.which(program)
+    path = find_or_install_with(lambda: shutil.which(program), program, package, log_dir)
+    return str(path)
+
+
+def find_or_install_with(
+    find: Callable[[], str | Path | None], what: str, package: str, log_dir: Path
+) -> str | Path:
+    """What `find` finds; if nothing, as root with apt-get, installs Debian's `package` and
+    looks again. `what` names the missing thing in the error."""
+    found = find()
     if found:
         return found
     hint = f"install it, e.g. `apt-get install {package}`"
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
-        raise PrerequisiteMissing(program, hint)
+        raise PrerequisiteMissing(what, hint)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"apt-{package}.log"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -35,7 +45,7 @@ def find_or_install(program: str, package: str, log_dir: Path) -> str:
             [apt, "-o", lock, "install", "-y", "-q", "--no-install-recommends", package],
         ):
             subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    found = shutil.which(program)
-    if found is None:
-        raise PrerequisiteMissing(program, f"{hint} (apt-get's output: {log_path})")
+    found = find()
+    if not found:
+        raise PrerequisiteMissing(what, f"{hint} (apt-get's output: {log_path})")
     return found

@@ -17,10 +17,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from infra.debian_packages import find_or_install_with
 from infra.errors import PrerequisiteMissing, ServiceStartError
 from infra.process import LOOPBACK, ServiceProcess, ensure_port_free, free_port, tail
 
-INSTALL_HINT = "install it, e.g. `apt-get install postgresql`"
 SUPERUSER = "adstream"
 SYSTEM_USER = "postgres"
 """Who runs the server when we are root (Debian's package creates the account)."""
@@ -43,24 +43,10 @@ def _server_binaries() -> Path | None:
 def find_or_install_postgres(log_dir: Path) -> Path:
     """The directory of PostgreSQL's server programs; as root with apt-get, installs the
     Debian package first."""
-    found = _server_binaries()
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise PrerequisiteMissing("PostgreSQL (initdb, postgres)", INSTALL_HINT)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "apt-postgresql.log"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    with log_path.open("w") as log:
-        for argv in ([apt, "update", "-q"], [apt, "install", "-y", "-q", "postgresql"]):
-            subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    found = _server_binaries()
-    if found is None:
-        raise PrerequisiteMissing(
-            "PostgreSQL (initdb, postgres)", f"{INSTALL_HINT} (apt-get's output: {log_path})"
-        )
-    return found
+    found = find_or_install_with(
+        _server_binaries, "PostgreSQL (initdb, postgres)", "postgresql", log_dir
+    )
+    return Path(found)
 
 
 def postgres_answers(url: str) -> bool:
