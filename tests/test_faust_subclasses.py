@@ -22,6 +22,7 @@ SUBCLASSES = [
     kafka_transport.Producer,
     recovery.Recovery,
     recovery.TableManager,
+    recovery.ChangelogReads,
     recovery.RestoredTable,
 ]
 
@@ -60,3 +61,20 @@ def test_a_worker_refuses_another_faust_release() -> None:
 
     with pytest.raises(UnsupportedRelease, match=r"'faust-streaming': '0\.16\.0'.*constraints"):
         check_faust_version(installed)
+
+
+def test_every_table_tells_the_recovery_what_it_restores() -> None:
+    """A table that did not would look, once restored, as if its restore had missed records:
+    the worker would exit at every start instead."""
+    app = faust.App(
+        "subclasses",
+        broker=broker_url("127.0.0.1:9092", fetch_max_wait_ms=20),
+        store="memory://",
+        Table=recovery.RestoredTable,
+        TableManager=recovery.TableManager,
+    )
+    assert isinstance(app.tables, recovery.TableManager)
+    assert isinstance(app.tables.recovery, recovery.Recovery)
+    assert isinstance(app.Table("noted", partitions=1), recovery.ChangelogReads)
+    with pytest.raises(TypeError, match="ChangelogReads"):
+        app.GlobalTable("unnoted", partitions=1)

@@ -1,5 +1,5 @@
 """Restoring tables from their changelogs: subclasses of faust-streaming 0.15.3's
-`TableManager`, `Recovery` and the app's `Table` class, set in the app's settings.
+`TableManager`, `Recovery` and `Table` (as `ChangelogReads`), set in the app's settings.
 
 10. **Restores waited 10 s, then could skip what they had not read.** Faust restores a
    changelog partition up to its end offset minus one, but a transactional changelog ends
@@ -31,7 +31,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from faust.tables import manager as faust_manager
 from faust.tables import recovery as faust_recovery
-from faust.types import TP, ConsumerT, EventT, Message
+from faust.tables.base import Collection
+from faust.types import TP, CollectionT, ConsumerT, EventT, Message
 from typing_extensions import override
 
 from streams.worker.exit_status import FAILED_EXIT
@@ -140,6 +141,22 @@ class Recovery(faust_recovery.Recovery):
         await super().on_recovery_completed(generation_id)
 
 
+class ChangelogReads(Collection):
+    """A table that tells `Recovery` what each restore has read: every table of the app is one
+    (`TableManager` refuses others, whose restores would all look incomplete)."""
+
+    @override
+    async def on_changelog_event(self, event: EventT[Any]) -> None:
+        tables = self.app.tables
+        if isinstance(tables, TableManager):
+            tables.recovery.read(event.message)
+        await super().on_changelog_event(event)
+
+
+class RestoredTable(ChangelogReads, RawTable):
+    """The app's `Table` class."""
+
+
 class TableManager(faust_manager.TableManager):
     """Faust's table manager, restoring with `Recovery`."""
 
@@ -150,13 +167,11 @@ class TableManager(faust_manager.TableManager):
             self._recovery = Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
 
-
-class RestoredTable(RawTable):
-    """The app's table class: tells `Recovery` what each restore has read."""
-
     @override
-    async def on_changelog_event(self, event: EventT[Any]) -> None:
-        tables = self.app.tables
-        if isinstance(tables, TableManager):
-            tables.recovery.read(event.message)
-        await super().on_changelog_event(event)
+    def add(self, table: CollectionT) -> CollectionT:
+        if not isinstance(table, ChangelogReads):
+            raise TypeError(
+                f"{table} does not tell the recovery what it restores: its class must be a "
+                "streams.worker.recovery.ChangelogReads (the app's Table setting)"
+            )
+        return super().add(table)
