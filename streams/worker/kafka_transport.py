@@ -3,9 +3,9 @@ driver (`faust.transport.drivers.aiokafka`), chosen by the broker URL's scheme (
 
 Faust picks a transport by the scheme of `broker`; the `faust.transports` entry point in
 pyproject.toml names `Transport` below for `adstream://`. Its `Consumer`, consumer thread and
-`Producer` carry these fixes of faust-streaming's exactly-once (the numbering is shared with
-`streams.worker.commit_protocol`, `streams.worker.skipped_events` and
-`streams.worker.recovery`):
+`Producer` carry these fixes of faust-streaming's exactly-once (numbered across the modules
+that fix it: `streams.worker.commit_protocol` 1 to 4, `streams.worker.skipped_events` 5 and 11,
+`streams.worker.event_context` 6, `streams.worker.recovery` 10):
 
 7. **`fetch_max_wait_ms` is hard-coded to 1500 ms**, which alone costs p50 ~200 ms of latency
    at moderate rates (docs/architecture.md, "Performance facts"), and the producers'
