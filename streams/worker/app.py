@@ -6,9 +6,11 @@
 
 `route` (`streams.worker.route_stage`) validates and de-duplicates; `decide`
 (`streams.worker.decide_stage`) applies each campaign's rules, caps and budget and resolves its
-VAST upstream. Both read batches (`take_events`) and write through `streams.worker.faust_seam`,
-which makes Faust's exactly-once hold: every output and table write commits in one Kafka
-transaction with the offsets of the events that caused it.
+VAST upstream. Both read batches (`take_events`) and write through
+`streams.worker.commit_protocol`, which makes Faust's exactly-once hold: every output and table
+write commits in one Kafka transaction with the offsets of the events that caused it. Faust's
+Kafka transport and its table recovery are adstream's subclasses
+(`streams.worker.kafka_transport`, `streams.worker.recovery`), set in the app's settings.
 """
 
 from __future__ import annotations
@@ -33,26 +35,21 @@ from streams.settings import Settings
 from streams.state.frequency import Impressions
 from streams.topics import Partitions, Topics
 from streams.vast.breaker import CircuitBreaker
+from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
-from streams.worker.faust_seam import (
-    FAILED_EXIT,
-    Committer,
-    SkippedEvents,
-    TransactionalSender,
-    TransactionIds,
-    check_restores,
-    event_context,
-    keep_fetched_records,
-    learn_partitions,
-    tune_clients,
-)
+from streams.worker.event_context import event_context
+from streams.worker.exit_status import FAILED_EXIT
+from streams.worker.faust_version import check_faust_version
+from streams.worker.kafka_transport import broker_url, learn_partitions
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
+from streams.worker.recovery import RestoredTable, TableManager
 from streams.worker.route_stage import Router
+from streams.worker.skipped_events import SkippedEvents
 from streams.worker.status import DecisionRates, WorkerStatus, campaign_spend, worker_status
 from streams.worker.status_view import PAGE, status_view
-from streams.worker.tables import RawTable, Tables, frequency_key
+from streams.worker.tables import Tables, frequency_key
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +80,15 @@ def create_worker(
     breaker: CircuitBreaker | None = None,
 ) -> Worker:
     """`breaker`: the resolver's, whose states the worker reports."""
-    tune_clients(
-        fetch_wait_ms=settings.fetch_wait_ms,
-        retry_backoff_ms=10,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-    )
-    keep_fetched_records()
-    check_restores()
+    check_faust_version()
     app = faust.App(
         # Faust names the consumer group, the changelogs, its assignor topic and the
         # transactional ids after the app id: with the prefix in it, deployments that
         # differ only in the prefix never meet on the cluster.
         settings.group_id,
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker=broker_url(
+            settings.kafka_bootstrap_servers, fetch_max_wait_ms=settings.fetch_wait_ms
+        ),
         broker_client_id=settings.group_id,
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=settings.data_dir,
@@ -117,7 +110,8 @@ def create_worker(
         # Decisions are ~2.5 KB (the VAST document rides along): aiokafka's 16 KB batches
         # made a batch of decisions wait on the broker once per handful of records.
         producer_max_batch_size=512 * 1024,
-        Table=RawTable,
+        Table=RestoredTable,
+        TableManager=TableManager,
     )
     topics = Topics.named(settings.topic_prefix, settings.app_id)
     tables = Tables(

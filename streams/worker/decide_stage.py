@@ -46,7 +46,7 @@ from streams.state.spend import Spend
 from streams.topics import Topics
 from streams.vast.errors import ResponseTooLarge
 from streams.vast.result import VastResult
-from streams.worker.faust_seam import event_context
+from streams.worker.event_context import event_context
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
 from streams.worker.tables import CapEntry, Tables, frequency_key, split_frequency_key

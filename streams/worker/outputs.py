@@ -21,7 +21,7 @@ from faust.types import EventT
 
 from models.codec import encode
 from models.events import SCHEMA_VERSION, DeadLetter
-from streams.worker.faust_seam import TransactionalSender
+from streams.worker.commit_protocol import TransactionalSender
 from streams.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)

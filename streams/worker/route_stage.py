@@ -17,7 +17,7 @@ from faust.types import EventT
 
 from models.codec import InvalidEvent, check_event_time, decode_request
 from streams.state.expiry import ExpiryIndex, rebuilt
-from streams.worker.faust_seam import event_context
+from streams.worker.event_context import event_context
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
 from streams.worker.tables import DEDUPE_WINDOW_MS, SeenRequest, TypedTable

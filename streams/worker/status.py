@@ -22,7 +22,7 @@ from streams.state.campaigns import CampaignRules
 from streams.state.spend import Spend
 from streams.topics import Partitions, Topics
 from streams.vast.breaker import CircuitBreaker, EndpointState
-from streams.worker.faust_seam import fetch_positions
+from streams.worker.kafka_transport import fetch_positions
 from streams.worker.tables import Tables
 
 MAX_REPORTED_ENDPOINTS = 20
