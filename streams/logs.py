@@ -13,6 +13,9 @@ import msgspec
 _CONTEXT_FIELDS = ("request_id", "correlator", "campaign_id")
 _encoder = msgspec.json.Encoder()
 
+TRANSIENT_KAFKA_ERRORS = ("NotLeaderForPartitionError", "LeaderNotAvailableError")
+"""What aiokafka warns about, and retries, while a fresh topic's partitions get leaders."""
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -32,6 +35,24 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(entry).decode()
 
 
+class TransientRetries(logging.Filter):
+    """aiokafka's warnings about retries on a fresh topic (a produce answered "not the
+    leader" before the metadata knew one) become debug lines: they resolve by themselves
+    within a second and only alarm whoever reads them."""
+
+    def __init__(self, level: str = "info") -> None:
+        super().__init__()
+        self.shown = logging.getLevelNamesMapping()[level.upper()] <= logging.DEBUG
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("aiokafka") and record.levelno == logging.WARNING:
+            message = record.getMessage()
+            if any(error in message for error in TRANSIENT_KAFKA_ERRORS):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return self.shown
+        return True
+
+
 def configure(level: str) -> None:
     """JSON lines on stderr, until the Faust worker installs `dict_config`."""
     logging.config.dictConfig(dict_config(level))
@@ -43,8 +64,14 @@ def dict_config(level: str) -> dict[str, object]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"transient": {"()": TransientRetries, "level": level}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "filters": ["transient"],
+                "stream": sys.stderr,
+            }
         },
         "root": {"level": level.upper(), "handlers": ["stderr"]},
     }

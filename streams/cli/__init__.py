@@ -2,6 +2,7 @@
 
 import click
 
+from streams import logs
 from streams.cli.audit import audit
 from streams.cli.billing import billing_group
 from streams.cli.campaigns import campaigns_group
@@ -28,6 +29,9 @@ __all__ = [
 @click.version_option(package_name="adstream")
 def main() -> None:
     """adstream: event-sourced ad decisions on Kafka."""
+    # Warnings of the libraries as JSON lines on stderr, transient Kafka retries left out;
+    # the worker and billing configure their own level.
+    logs.configure("warning")
 
 
 main.add_command(demo)

@@ -25,7 +25,7 @@ from streams.audit.replay import Replayed, ReplayError, replay
 from streams.audit.verify import Audit, Auditor
 from streams.audit.window import Window, parse_time
 from streams.billing.ledger import Charge, Ledger, LedgerError
-from streams.settings import Settings
+from streams.settings import BadSetting, Settings
 from streams.topics import Topics
 
 PROGRESS_AFTER_S = 1.0
@@ -96,7 +96,10 @@ def audit(
         raise click.BadParameter(str(exc), param_hint="--to") from exc
     if ledger_path is not None and not ledger_path.is_file():
         raise AuditFailed(f"no ledger at {ledger_path}")
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except BadSetting as exc:
+        raise AuditFailed(str(exc)) from None
     topics = Topics.named(settings.topic_prefix)
     # Caps wider than the workers' impression history are held to what they keep.
     auditor = Auditor(window, history_ms=settings.impression_history_s * 1000)

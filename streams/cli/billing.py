@@ -11,11 +11,12 @@ import signal
 from pathlib import Path
 
 import click
+import msgspec
 
 from streams import logs
 from streams.billing import consumer, report
 from streams.billing.ledger import Ledger, LedgerError
-from streams.settings import Settings
+from streams.cli.environment import CommandFailed, json_text, settings_from_env
 from streams.topics import Topics
 
 LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
@@ -42,6 +43,7 @@ LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
     show_default=True,
     help="Seconds to keep trying to reach Kafka before giving up.",
 )
+@click.option("--json", "as_json", is_flag=True, help="The final state (or the error) as JSON.")
 @click.pass_context
 def billing_group(
     ctx: click.Context,
@@ -49,6 +51,7 @@ def billing_group(
     until_caught_up: bool,
     batch_size: int,
     connect_timeout: float,
+    as_json: bool,
 ) -> None:
     """Charge every served ad exactly once into the ledger at --ledger.
 
@@ -60,10 +63,7 @@ def billing_group(
         return
     if ledger_path is None:
         raise click.UsageError("--ledger PATH is required", ctx)
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = settings_from_env(as_json=as_json)
     logs.configure(settings.log_level)
     topic = Topics.named(settings.topic_prefix, settings.app_id).served
     try:
@@ -79,7 +79,10 @@ def billing_group(
                 )
             )
     except (LedgerError, consumer.BillingError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise CommandFailed(str(exc), as_json=as_json) from exc
+    if as_json:
+        click.echo(json_text({"ok": True, **msgspec.structs.asdict(progress)}))
+        return
     state = "caught up" if progress.caught_up else "stopped"
     click.echo(f"billing {state}: {_progress_line(progress)}", err=True)
 
@@ -125,5 +128,5 @@ def report_command(ledger_path: Path, as_json: bool) -> None:
         with Ledger.open(ledger_path, read_only=True) as ledger:
             built = report.build(ledger.totals(), ledger.counts())
     except LedgerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise CommandFailed(str(exc), as_json=as_json) from exc
     click.echo(report.render_json(built) if as_json else report.render_text(built))

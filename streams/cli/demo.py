@@ -17,10 +17,10 @@ import httpx
 
 from infra.errors import InfraError
 from infra.stack import LocalStack
+from streams.cli.environment import reach_broker, settings_from_env
 from streams.cli.infra import check_all, echo_health
 from streams.demo.run import DemoFailed, DemoOptions, run_demo
 from streams.demo.summary import Summary
-from streams.settings import Settings
 from streams.worker.process import WorkerFailed
 
 DEFAULTS = DemoOptions()
@@ -65,7 +65,8 @@ def demo(requests: int, users: int, hours: float, seed: int, rate: int, keep_run
     """
     options = DemoOptions(requests, users, hours, seed, rate, keep_running)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
-        settings = Settings.from_env()
+        settings = settings_from_env()
+        reach_broker(settings)
         summary = _checked_run(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
