@@ -9,6 +9,7 @@ from streams.cli.campaigns import campaigns_group
 from streams.cli.demo import demo
 from streams.cli.infra import infra_group
 from streams.cli.publish import publish
+from streams.cli.tail import tail
 from streams.cli.vast import vast_group
 from streams.cli.worker import worker
 
@@ -20,6 +21,7 @@ __all__ = [
     "infra_group",
     "main",
     "publish",
+    "tail",
     "vast_group",
     "worker",
 ]
@@ -42,3 +44,4 @@ main.add_command(campaigns_group)
 main.add_command(publish)
 main.add_command(billing_group)
 main.add_command(audit)
+main.add_command(tail)
