@@ -12,10 +12,9 @@ from collections.abc import Callable
 import click
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.admin import partition_counts
 from streams.cli.environment import CommandFailed, reach_broker, settings_from_env
+from streams.committed_reader import MissingTopic, topic_partitions
 from streams.tail import (
     OUTCOMES,
     Line,
@@ -106,12 +105,8 @@ def tail(
         asyncio.run(
             _tail(settings.kafka_bootstrap_servers, names, since_ms, not no_follow, wanted, printer)
         )
-    except _TailError as exc:
+    except MissingTopic as exc:
         raise CommandFailed(str(exc)) from None
-
-
-class _TailError(Exception):
-    pass
 
 
 class _Printer:
@@ -151,15 +146,20 @@ async def _tail(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    partitions = await _partitions(bootstrap, names)
+    partitions = await topic_partitions(bootstrap, names)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
         consumer.assign(partitions)
+        # Let the consumer's own reset of the new assignment finish first: it would
+        # otherwise race the seeks below.
+        for tp in partitions:
+            await consumer.position(tp)
         # Read before seeking: the end of what --no-follow shows.
         ends = await consumer.end_offsets(partitions)
         await _seek(consumer, partitions, ends, since_ms)
@@ -185,19 +185,6 @@ async def _tail(
                 return
     finally:
         await consumer.stop()
-
-
-async def _partitions(bootstrap: str, names: dict[str, Source]) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        counts = await partition_counts(admin, list(names))
-    finally:
-        await admin.close()
-    for name in names:
-        if name not in counts:
-            raise _TailError(f"topic {name} does not exist (is ADSTREAM_TOPIC_PREFIX right?)")
-    return [TopicPartition(name, partition) for name in names for partition in range(counts[name])]
 
 
 async def _seek(
