@@ -4,14 +4,12 @@ in another shell, and --json reports, errors included."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from infra.process import free_port
-from streams import logs
 from tests.cli import run_adstream
 
 CAMPAIGN = {
@@ -167,19 +165,3 @@ async def test_json_reports_of_load_publish_and_billing(
     )
     assert missing.returncode == 1
     assert json.loads(missing.stdout)["ok"] is False
-
-
-def test_transient_kafka_retries_stay_off_the_terminal_unless_debugging() -> None:
-    def record(
-        level: int, message: str, name: str = "aiokafka.producer.sender"
-    ) -> logging.LogRecord:
-        return logging.LogRecord(name, level, __file__, 1, message, None, None)
-
-    retry = "Got error produce response on topic-partition x, retrying. Error: %s"
-    quiet, debugging = logs.TransientRetries("info"), logs.TransientRetries("debug")
-    transient = record(logging.WARNING, retry % "NotLeaderForPartitionError")
-    assert not quiet.filter(transient)
-    assert debugging.filter(record(logging.WARNING, retry % "NotLeaderForPartitionError"))
-    assert transient.levelname == "DEBUG"
-    assert quiet.filter(record(logging.WARNING, retry % "KafkaTimeoutError"))
-    assert quiet.filter(record(logging.WARNING, "NotLeaderForPartitionError", name="streams"))
