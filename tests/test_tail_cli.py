@@ -8,11 +8,13 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 
 from models.codec import encode
 from models.events import SCHEMA_VERSION, AdDenied, AdServed, DeadLetter
+from streams.admin import ensure_topics
 from streams.tail import iso_ms
 from streams.topics import Topics
 from tests.audit.kafka import HistoryWriter
@@ -174,3 +176,31 @@ def test_a_missing_topic_is_named(kafka_bootstrap: str, unique_name: str) -> Non
     assert result.returncode == 1
     assert f"topic {unique_name}-ad-served does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_ctrl_c_stops_following_quietly(kafka_bootstrap: str, unique_name: str) -> None:
+    prefix = f"{unique_name}-"
+    await ensure_topics(kafka_bootstrap, Topics.named(prefix), partitions=1)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ADSTREAM_TOPIC_PREFIX": prefix,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "streams.cli", "tail", "--format", "table"],
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        ready = await asyncio.wait_for(proc.stderr.readline(), 60)
+        assert ready.decode().startswith(f"following {prefix}ad-served, {prefix}ad-denied;")
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == b"" and b"Traceback" not in err

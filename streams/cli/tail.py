@@ -163,6 +163,8 @@ async def _tail(
         # Read before seeking: the end of what --no-follow shows.
         ends = await consumer.end_offsets(partitions)
         await _seek(consumer, partitions, ends, since_ms)
+        if follow:
+            click.echo(f"following {', '.join(names)}; Ctrl-C stops", err=True)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200)
             for tp, records in batches.items():
