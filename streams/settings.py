@@ -138,7 +138,10 @@ class Settings(msgspec.Struct, frozen=True):
                 "rediss://..., unix://...; empty for none)"
             )
         for address in self.kafka_bootstrap_servers.split(","):
-            host, _, port = address.strip().rpartition(":")
+            # As aiokafka reads it: the port is 9092 when none is given.
+            host, colon, port = address.strip().rpartition(":")
+            if not colon:
+                host, port = port, "9092"
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(
                     f"kafka_bootstrap_servers: {address!r} is not host:port "

@@ -62,7 +62,8 @@ def test_the_breakers_defaults_are_the_breakers_own() -> None:
         ("REDIS_URL", "notaurl", "not a Redis URL"),
         ("ADSTREAM_BATCH_SIZE", "0", ">= 1"),
         ("ADSTREAM_PARTITIONS", "0", ">= 1"),
-        ("KAFKA_BOOTSTRAP_SERVERS", "kafka", "not host:port"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka:ninety", "not host:port"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "a:1,,b:2", "not host:port"),
         ("ADSTREAM_STORE", "disk", "one of rocksdb, memory"),
         ("ADSTREAM_CONNECT_TIMEOUT_S", "0", "> 0"),
     ],
@@ -81,5 +82,6 @@ def test_log_levels_are_read_in_either_case_and_urls_of_every_redis_scheme() -> 
     for url in ("redis://r:1/0", "rediss://r:1/0", "unix:///run/redis.sock", ""):
         assert Settings.from_env({"REDIS_URL": url}).redis_url == (url or Settings().redis_url)
     assert Settings(redis_url="").redis_url == ""
-    several = "a:1, b:2"
-    assert Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": several}).kafka_bootstrap_servers
+    for servers in ("a:1, b:2", "kafka", "[::1]:9092"):
+        settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": servers})
+        assert settings.kafka_bootstrap_servers == servers
