@@ -124,6 +124,7 @@ class _Printer:
                 click.echo(table_header())
                 self.header = False
             click.echo(self.format(line))
+            sys.stdout.flush()  # a pipe (`| jq`) gets each line as it comes, not a buffer's worth
         except BrokenPipeError:
             # Whoever read stdout has gone: nothing more to say, not even at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
