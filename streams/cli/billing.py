@@ -39,9 +39,8 @@ LEDGER_PATH = click.Path(dir_okay=False, path_type=Path)
 @click.option(
     "--connect-timeout",
     type=click.FloatRange(0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Seconds to keep trying to reach Kafka before giving up.",
+    help="Seconds to keep trying to reach Kafka before giving up (default: "
+    "ADSTREAM_CONNECT_TIMEOUT_S, 30).",
 )
 @click.option("--json", "as_json", is_flag=True, help="The final state (or the error) as JSON.")
 @click.pass_context
@@ -50,7 +49,7 @@ def billing_group(
     ledger_path: Path | None,
     until_caught_up: bool,
     batch_size: int,
-    connect_timeout: float,
+    connect_timeout: float | None,
     as_json: bool,
 ) -> None:
     """Charge every served ad exactly once into the ledger at --ledger.
@@ -75,7 +74,7 @@ def billing_group(
                     ledger,
                     until_caught_up,
                     batch_size,
-                    connect_timeout,
+                    settings.connect_timeout_s if connect_timeout is None else connect_timeout,
                 )
             )
     except (LedgerError, consumer.BillingError) as exc:
