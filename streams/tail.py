@@ -107,7 +107,7 @@ _encoder = msgspec.json.Encoder()
 def as_json(line: Line) -> str:
     """One JSON object: where the record is, its outcome, and the event itself."""
     document = {
-        "topic": line.source,
+        "source": line.source,
         "partition": line.partition,
         "offset": line.offset,
         "time": iso_ms(line.timestamp),

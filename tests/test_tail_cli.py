@@ -77,7 +77,7 @@ async def test_filters_and_the_start_time_pick_committed_decisions(
         [{"event": {"request_id": r.context.request_id}} for r in (a, b, c, recent)]
     )
     first = next(line for line in every if line["event"]["request_id"] == a.context.request_id)  # type: ignore[index]
-    assert first["outcome"] == "served" and first["topic"] == "served"
+    assert first["outcome"] == "served" and first["source"] == "served"
     assert first["time"] == iso_ms(BASE_MS + 1_000)
     assert first["event"]["cost"] == "0.0025"  # type: ignore[index]
 
@@ -99,7 +99,7 @@ async def test_filters_and_the_start_time_pick_committed_decisions(
     assert ids(since_ago) == [recent.context.request_id]
 
     dead = await tail(kafka_bootstrap, prefix, "--dlq", "--outcome", "dead_letter")
-    assert len(dead) == 1 and dead[0]["topic"] == "dlq"
+    assert len(dead) == 1 and dead[0]["source"] == "dlq"
     assert dead[0]["event"]["error"] == "invalid: x"  # type: ignore[index]
     # A dead letter is found by the ids its original message carried.
     by_id = await tail(kafka_bootstrap, prefix, "--dlq", "--request-id", a.context.request_id)

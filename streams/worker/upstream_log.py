@@ -21,18 +21,17 @@ INTERVAL_S = 60.0
 """At most `LINES_PER_ENDPOINT` lines per endpoint in this long; the next one says how many
 were left out."""
 
+# One per worker process, like the endpoints it limits.
 _sampler = LogSampler(INTERVAL_S, LINES_PER_ENDPOINT)
 
 
-def explain_upstream_error(
-    rules: CampaignRules, request: AdRequest, result: VastResult, sampler: LogSampler = _sampler
-) -> None:
+def explain_upstream_error(rules: CampaignRules, request: AdRequest, result: VastResult) -> None:
     """Log the causes of a failed resolution (nothing for an ad or a "no ad" answer)."""
     if result.status != "error":
         return
     # The last document asked for is where the chain broke; the campaign's own URL if none.
     endpoint = endpoint_of(result.chain[-1].url if result.chain else rules.vast_url)
-    left_out = sampler.admit(endpoint, time.monotonic())
+    left_out = _sampler.admit(endpoint, time.monotonic())
     if left_out is None:
         return
     causes = "; ".join(f"{report.code} {report.message}" for report in result.errors)
