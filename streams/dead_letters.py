@@ -25,10 +25,12 @@ class Identifiers(msgspec.Struct, frozen=True):
 
 
 def identifiers_of(value: bytes | None) -> Identifiers:
-    """The ids of a message's value, those that are there and are strings."""
+    """The ids of a message's value, those that are there and are strings; never raises,
+    whatever the bytes (it runs while a dead letter is written)."""
     try:
         decoded = msgspec.json.decode(value or b"")
-    except (msgspec.DecodeError, RecursionError):
+    # DecodeError, and UnicodeDecodeError for bad UTF-8 inside a string: both ValueErrors.
+    except (ValueError, RecursionError):
         return Identifiers()
     document: dict[str, object] = decoded if isinstance(decoded, dict) else {}
     context = _mapping(document, "context")

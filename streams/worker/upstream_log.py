@@ -30,7 +30,11 @@ def explain_upstream_error(rules: CampaignRules, request: AdRequest, result: Vas
     if result.status != "error":
         return
     # The last document asked for is where the chain broke; the campaign's own URL if none.
-    endpoint = endpoint_of(result.chain[-1].url if result.chain else rules.vast_url)
+    url = result.chain[-1].url if result.chain else rules.vast_url
+    try:
+        endpoint = endpoint_of(url)
+    except ValueError:  # a wrapper's URL that does not parse (it failed as 301 for that)
+        endpoint = url
     left_out = _sampler.admit(endpoint, time.monotonic())
     if left_out is None:
         return
