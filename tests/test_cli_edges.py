@@ -104,6 +104,12 @@ def test_infra_env_prints_the_running_stacks_exports_again(
     assert report["ok"] is False and report["addresses"] == addresses
     healthy = {service["service"]: service["healthy"] for service in report["services"]}
     assert healthy == {"kafka": True, "redis": False}
+    # This shell's commands would reach the same Kafka but another Redis (or none).
+    assert report["shell_elsewhere"] == {"REDIS_URL": os.environ.get("REDIS_URL")}
+    told = run_adstream(["infra", "status"], kafka_bootstrap=kafka_bootstrap, prefix="", env=env)
+    assert told.returncode == 1
+    assert "this shell has REDIS_URL=" in told.stderr and "adstream infra env" in told.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS" not in told.stderr
 
 
 async def test_json_reports_of_load_publish_and_billing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import click
 import msgspec
@@ -88,16 +89,28 @@ def env() -> None:
 @infra_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="The health (or the error) as JSON.")
 def status(as_json: bool) -> None:
-    """Check that the running stack answers; exit 1 if it is down or unhealthy."""
+    """Check that the running stack answers, and that this shell's commands would use it;
+    exit 1 if it is down or unhealthy."""
     running, addresses = _running_addresses(as_json)
     results = asyncio.run(check_all(addresses))
     healthy = all(result.healthy for result in results)
+    # Commands read the environment, not the stack's record: say where they part.
+    elsewhere = {
+        name: os.environ.get(name) for name, value in addresses.items()
+        if os.environ.get(name) != value
+    }  # fmt: skip
     if as_json:
         services = [msgspec.structs.asdict(result) for result in results]
         report = {"ok": healthy, "addresses": addresses, "logs": running.get("logs")}
-        click.echo(json_text({**report, "services": services}))
+        click.echo(json_text({**report, "services": services, "shell_elsewhere": elsewhere}))
         if not healthy:
             raise SystemExit(1)
         return
+    for name, value in elsewhere.items():
+        click.echo(
+            f"this shell has {name}={value or '(unset)'}, not the stack's "
+            f'{addresses[name]}: eval "$(adstream infra env)"',
+            err=True,
+        )
     if not echo_health(results):
         raise click.ClickException(f"unhealthy; logs are in {running.get('logs')}")
