@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import logging
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -34,23 +35,34 @@ async def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
     """Return once a broker at `bootstrap` answers a metadata request; `BrokerUnreachable`
     after `timeout_s` (aiokafka's own clients would retry, or wait, without a bound)."""
     deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while (remaining := deadline - time.monotonic()) > 0:
-        client = AIOKafkaClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=max(int(remaining * 1000), 1)
-        )
-        try:
-            await asyncio.wait_for(client.bootstrap(), remaining)
-            return
-        except (KafkaError, OSError, TimeoutError) as exc:
-            last = str(exc) or type(exc).__name__
-        finally:
-            await client.close()
-        await asyncio.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+    with _quiet("aiokafka"):  # an error line per attempt; the outcome is told once, below
+        while (remaining := deadline - time.monotonic()) > 0:
+            client = AIOKafkaClient(
+                bootstrap_servers=bootstrap, request_timeout_ms=max(int(remaining * 1000), 1)
+            )
+            try:
+                await asyncio.wait_for(client.bootstrap(), remaining)
+                return
+            except (KafkaError, OSError, TimeoutError):
+                pass  # refused, unreachable or silent: all the same to whoever waits
+            finally:
+                await client.close()
+            await asyncio.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
     raise BrokerUnreachable(
-        f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s ({last}); "
+        f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s; "
         "check KAFKA_BOOTSTRAP_SERVERS (`adstream infra up` starts a local broker)"
     )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Partitions:

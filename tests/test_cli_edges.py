@@ -61,13 +61,11 @@ def test_an_unreachable_broker_is_waited_for_a_bounded_time_then_named(
     # The subprocess's own timeout bounds a hang: it would fail the test with an exception.
     result = run_adstream(args, kafka_bootstrap=nowhere, prefix="never-", env=env, timeout_s=60)
     assert result.returncode == 1, result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert error_lines == [
-        f"Error: no Kafka broker answered at {nowhere} within 2 s "
-        + error_lines[0].split(" within 2 s ", 1)[1]
+    # One line: neither a traceback nor the Kafka client's line per attempt.
+    assert result.stderr.splitlines() == [
+        f"Error: no Kafka broker answered at {nowhere} within 2 s; check KAFKA_BOOTSTRAP_SERVERS"
+        " (`adstream infra up` starts a local broker)"
     ]
-    assert "KAFKA_BOOTSTRAP_SERVERS" in error_lines[0]
-    assert "Traceback" not in result.stderr
 
 
 def test_infra_env_prints_the_running_stacks_exports_again(
