@@ -27,7 +27,7 @@ from streams.audit.window import Window, parse_time
 from streams.billing.ledger import Charge, Ledger, LedgerError
 from streams.plot import available as plot_available
 from streams.plot import write_png
-from streams.settings import Settings
+from streams.settings import BadSetting, Settings
 from streams.topics import Topics
 
 PROGRESS_AFTER_S = 1.0
@@ -114,7 +114,10 @@ def audit(
             Ledger.open(ledger_target, read_only=True).close()
         except LedgerError as exc:
             raise AuditFailed(str(exc)) from exc
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except BadSetting as exc:
+        raise AuditFailed(str(exc)) from None
     topics = Topics.named(settings.topic_prefix)
     # Caps wider than the workers' impression history are held to what they keep.
     auditor = Auditor(window, history_ms=settings.impression_history_s * 1000)

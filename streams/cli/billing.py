@@ -11,12 +11,13 @@ import asyncio
 import signal
 
 import click
+import msgspec
 
 from streams import logs
 from streams.billing import consumer, report
 from streams.billing.ledger import Ledger, LedgerError
 from streams.billing.metrics import BillingMetrics
-from streams.settings import Settings
+from streams.cli.environment import CommandFailed, json_text, settings_from_env
 from streams.topics import Topics
 
 LEDGER_HELP = "The ledger: an SQLite file, or a postgresql://USER@HOST:PORT/DATABASE URL."
@@ -39,23 +40,24 @@ LEDGER_HELP = "The ledger: an SQLite file, or a postgresql://USER@HOST:PORT/DATA
 @click.option(
     "--connect-timeout",
     type=click.FloatRange(0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Seconds to keep trying to reach Kafka before giving up.",
+    help="Seconds to keep trying to reach Kafka before giving up (default: "
+    "ADSTREAM_CONNECT_TIMEOUT_S, 30).",
 )
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics (billing's lag) at /metrics on this port of ADSTREAM_WEB_BIND.",
 )
+@click.option("--json", "as_json", is_flag=True, help="The final state (or the error) as JSON.")
 @click.pass_context
 def billing_group(
     ctx: click.Context,
     ledger_target: str | None,
     until_caught_up: bool,
     batch_size: int,
-    connect_timeout: float,
+    connect_timeout: float | None,
     metrics_port: int | None,
+    as_json: bool,
 ) -> None:
     """Charge every served ad exactly once into the ledger at --ledger.
 
@@ -67,10 +69,7 @@ def billing_group(
         return
     if ledger_target is None:
         raise click.UsageError("--ledger LEDGER is required", ctx)
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = settings_from_env(as_json=as_json)
     logs.configure(settings.log_level)
     topic = Topics.named(settings.topic_prefix, settings.app_id).served
     metrics = None
@@ -89,12 +88,15 @@ def billing_group(
                     ledger,
                     until_caught_up,
                     batch_size,
-                    connect_timeout,
+                    settings.connect_timeout_s if connect_timeout is None else connect_timeout,
                     metrics,
                 )
             )
     except (LedgerError, consumer.BillingError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise CommandFailed(str(exc), as_json=as_json) from exc
+    if as_json:
+        click.echo(json_text({"ok": True, **msgspec.structs.asdict(progress)}))
+        return
     state = "caught up" if progress.caught_up else "stopped"
     click.echo(f"billing {state}: {_progress_line(progress)}", err=True)
 
@@ -147,5 +149,5 @@ def report_command(ledger_target: str, as_json: bool) -> None:
         with Ledger.open(ledger_target, read_only=True) as ledger:
             built = report.build(ledger.totals(), ledger.counts())
     except LedgerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise CommandFailed(str(exc), as_json=as_json) from exc
     click.echo(report.render_json(built) if as_json else report.render_text(built))

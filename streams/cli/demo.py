@@ -17,11 +17,11 @@ import httpx
 
 from infra.errors import InfraError
 from infra.stack import LocalStack
+from streams.cli.environment import reach_broker, settings_from_env
 from streams.cli.infra import check_all, echo_health
 from streams.demo.run import DemoFailed, DemoOptions, run_demo
 from streams.demo.summary import Summary
 from streams.plot import available as plot_available
-from streams.settings import Settings
 from streams.worker.process import WorkerFailed
 
 DEFAULTS = DemoOptions()
@@ -82,7 +82,8 @@ def demo(
         raise click.UsageError("--plot needs matplotlib: pip install 'adstream[plot]'")
     options = DemoOptions(requests, users, hours, seed, rate, keep_running, plot)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
-        settings = Settings.from_env()
+        settings = settings_from_env()
+        reach_broker(settings)
         summary = _checked_run(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,

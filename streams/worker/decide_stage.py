@@ -50,6 +50,7 @@ from streams.worker.event_context import event_context
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
 from streams.worker.tables import CapEntry, Tables, frequency_key, split_frequency_key
+from streams.worker.upstream_log import explain_upstream_error
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ class Decider:
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
         if result.status != "inline":
             self.metrics.upstream_errors.labels(code=str(result.error_code)).inc()
+            explain_upstream_error(rules, request, result)
         return result
 
 
