@@ -26,6 +26,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench._plot import Panel, save_beside
 from infra.process import tail
 from infra.provision import Services, provide_services
 from models.codec import encode
@@ -390,8 +391,10 @@ def run_and_save(
     run_all: Callable[[Services, Path], Coroutine[Any, Any, dict[str, Any]]],
     print_table: Callable[[dict[str, Any]], None],
     output: Path,
+    panels: Callable[[dict[str, Any]], list[Panel]],
 ) -> dict[str, Any]:
-    """Run a benchmark against the services at hand, print its table, save its report."""
+    """Run a benchmark against the services at hand, print its table, save its report and
+    the picture of `panels(report)` beside it."""
     # Fresh topics answer NotLeader for a moment after their creation: aiokafka retries and
     # logs each retry, even as an error. What matters is checked anyway: every decision, once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -401,5 +404,6 @@ def run_and_save(
     print_table(report)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nsaved to {output}; logs in {work_dir}")
+    picture = save_beside(output, f"bench.{name}: {output.name}", panels(report))
+    print(f"\nsaved to {output} and {picture}; logs in {work_dir}")
     return report

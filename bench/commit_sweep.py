@@ -38,6 +38,7 @@ from typing import Any
 import msgspec
 
 from bench._harness import ProcessDied, run_and_save, source_version, wait_ready
+from bench._plot import Panel
 from bench.pipeline import (
     CAMPAIGN_IDS,
     STARTUP_TIMEOUT_S,
@@ -223,6 +224,28 @@ def print_table(report: dict[str, Any]) -> None:
         )
 
 
+def panels(report: dict[str, Any]) -> list[Panel]:
+    """What the picture beside the report shows: each point's latency and cost."""
+    points = sorted(
+        (p for p in report["points"] if "error" not in p),
+        key=lambda p: (p["rate"], p["commit_interval_s"], p["fetch_wait_ms"]),
+    )
+
+    def label(point: dict[str, Any]) -> str:
+        commit, fetch = point["commit_interval_s"], point["fetch_wait_ms"]
+        return f"{point['rate']:g}/s, commit {commit:g} s, fetch {fetch} ms"
+
+    return [
+        Panel(title, {label(point): point[key] for point in points})
+        for title, key in (
+            ("p50 latency, ms", "p50_ms"),
+            ("p99 latency, ms", "p99_ms"),
+            ("CPU us per decision", "cpu_us_per_decision"),
+            ("idle CPU, cores", "idle_cpu_cores"),
+        )
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; 0 when every point decided every request exactly once."""
     options = parse_args(argv)
@@ -231,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda services, work_dir: run_all(options, services, work_dir),
         print_table,
         options.output,
+        panels,
     )
     exact = all(
         "error" not in point and point["missing"] == 0 and point["duplicates"] == 0

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench._plot import Panel, save_beside
 from infra.broker import KAFKA_VERSION, KafkaBroker
 from infra.redis_server import RedisServer
 
@@ -73,7 +74,17 @@ def main() -> None:
         print(f"{name:<22}{shown}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"saved to {RESULTS}")
+    print(f"saved to {RESULTS} and {save_beside(RESULTS, 'bench.infra_startup', panels(results))}")
+
+
+def panels(results: dict[str, float | int | str]) -> list[Panel]:
+    """What the picture beside the report shows: the start-up times."""
+    seconds = {
+        name: value
+        for name, value in results.items()
+        if name.endswith("_s") and isinstance(value, float)
+    }
+    return [Panel(f"seconds until ready (Kafka {results['kafka_version']})", seconds)]
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ from bench._harness import (
     steady_window,
     wait_ready,
 )
+from bench._plot import Panel
 from bench._profile import PySpy, print_summary
 from bench._upstream import VAST_PATH
 from infra.process import free_port, port_open
@@ -589,6 +590,20 @@ def print_table(report: dict[str, Any]) -> None:
             )
 
 
+def panels(report: dict[str, Any]) -> list[Panel]:
+    """What the picture beside the report shows: each contender's main numbers."""
+    ran = {name: result for name, result in report["contenders"].items() if "error" not in result}
+    return [
+        Panel(title, {name: result[phase][key] for name, result in ran.items()})
+        for title, phase, key in (
+            ("decisions/s (throughput phase)", "throughput", "decisions_per_s"),
+            ("CPU us per decision (throughput phase)", "throughput", "cpu_us_per_decision"),
+            ("p50 latency, ms (latency phase)", "latency", "p50_ms"),
+            ("p99 latency, ms (latency phase)", "latency", "p99_ms"),
+        )
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every contender that ran decided every request exactly once."""
     options = parse_args(argv)
@@ -597,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda services, work_dir: run_all(options, services, work_dir),
         print_table,
         options.output,
+        panels,
     )
     exact = all(
         "error" not in result

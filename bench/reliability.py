@@ -154,10 +154,10 @@ FINDINGS = """\
 
 Fixed in the worker while writing these scenarios (each is covered by a scenario here):
 
-- **Moved tables were not restored** (`streams/worker/faust_seam.py`, item 8): with exactly-once
-  Faust read changelog highwaters from aiokafka's cache of last stable offsets, empty for
-  partitions the worker had not fetched yet, so a worker taking over partitions decided on
-  empty tables (duplicates, caps exceeded, `campaign_unknown`) or crashed with
+- **Moved tables were not restored** (`streams/worker/kafka_transport.py`, item 8): with
+  exactly-once Faust read changelog highwaters from aiokafka's cache of last stable offsets,
+  empty for partitions the worker had not fetched yet, so a worker taking over partitions
+  decided on empty tables (duplicates, caps exceeded, `campaign_unknown`) or crashed with
   `ConsistencyError`. `scale_out` found it.
 - **Changelog topics created too late**: Faust's assignor could run before the changelogs
   it had just created showed in metadata and leave them out of the assignment; the table
@@ -167,20 +167,20 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   (status 70) like after a SIGKILL, and a supervisor restarts it.
 - `infra.broker.KafkaBroker` could not restart on its own data (it formatted it again).
 - **Restores could silently skip a changelog partition, and every restore waited 10 s**
-  (`streams/worker/faust_seam.py`, items 9 and 10). Faust handed aiokafka its live set of
-  active partitions; a rebalance emptied it while a fetch waited, aiokafka read the empty
-  set as "every partition" and returned the records of paused changelog partitions, and
-  Faust, its flow stopped, dropped them after their positions had moved on. When such a
-  fetch straddled a recovery's seek, the recovery read nothing of those partitions; and as
-  a transactional changelog ends with a commit marker that no reader is handed, recovery
-  never reached its target (the end offset minus one) and after 10 s without events
-  jumped there, "an aborted transaction", marking the partition restored with nothing
-  read (`scale_out`, about 1 run in 4: `campaign_unknown` denials, tables' spend 0).
-  Fetches now take only the partitions asked for, records Faust drops are fetched again,
-  a restore reads to each partition's last committed record and ends there (kill to first
-  decision on a moved partition: 20.1-21.1 s in 6 runs before, 10.5-13.3 s in 7 runs
-  after, 10 s of it the broker's session timeout), and a worker whose restore missed
-  records exits rather than decide.
+  (`streams/worker/kafka_transport.py` and `recovery.py`, items 9 and 10). Faust handed
+  aiokafka its live set of active partitions; a rebalance emptied it while a fetch waited,
+  aiokafka read the empty set as "every partition" and returned the records of paused
+  changelog partitions, and Faust, its flow stopped, dropped them after their positions had
+  moved on. When such a fetch straddled a recovery's seek, the recovery read nothing of
+  those partitions; and as a transactional changelog ends with a commit marker that no
+  reader is handed, recovery never reached its target (the end offset minus one) and after
+  10 s without events jumped there, "an aborted transaction", marking the partition restored
+  with nothing read (`scale_out`, about 1 run in 4: `campaign_unknown` denials, tables'
+  spend 0). Fetches now take only the partitions asked for, records Faust drops are fetched
+  again, a restore reads to each partition's last committed record and ends there (kill to
+  first decision on a moved partition: 20.1-21.1 s in 6 runs before, 10.5-13.3 s in 7 runs
+  after, 10 s of it the broker's session timeout), and a worker whose restore missed records
+  exits rather than decide.
 - **A worker restarted after a crash during a broker outage could stall** (item 11):
   ready, no errors, deciding nothing more. At the end of every recovery Faust seeks the
   stream partitions to their committed offsets and then clears its stream queues: what

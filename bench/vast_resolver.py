@@ -8,14 +8,17 @@ are two), so serving never counts as the client's CPU. Each contender runs at 1 
 concurrent resolutions:
 
 - `resolver`: `VastUpstream.fetch`: fetch, parse, select, merge, macros, chain bookkeeping;
+  after its first resolution, parsing and unwrapping come from its memo (`streams.vast.memo`),
+  as for a campaign whose upstream answers its requests with the same documents;
+- `cold`: the same with a memo that keeps nothing: an upstream whose every answer is new
+  (a request id written into its documents), parsing and unwrapping each time;
 - `transport`: the resolver's HTTP layer alone (`VastTransport.get`, on its aiohttp session),
   to show what of the resolver's cost is HTTP and what is VAST;
 - `httpx`: `httpx.AsyncClient()` as it comes, GETting the same hops and reading each body;
 - `aiohttp`: a bare `aiohttp.ClientSession` doing the same: the floor;
-- `documents`: the resolver's work without any I/O: parsing the same hops' bodies, planning,
+- `documents`: `cold`'s work without any I/O: parsing the same hops' bodies, planning,
   merging them and building the unwrapped document (`streams.vast.parse`, `streams.vast.chain`,
-  `streams.vast.unwrap`), to show what of
-  the goal's budget VAST itself takes.
+  `streams.vast.unwrap`), to show what of the goal's budget VAST itself takes.
 
 Measured per configuration: resolutions per second (wall clock), CPU microseconds per
 resolution (the process's CPU time), p50/p99 latency. Prints a table and writes
@@ -49,9 +52,11 @@ import aiohttp
 import httpx
 from aiohttp import web
 
+from bench._plot import Panel, save_beside
 from models.codec import MAX_RECORD_BYTES
 from models.context import SessionContext
 from streams.vast import VastTransport, VastUpstream, chain, unwrap
+from streams.vast.memo import ResolverMemo
 from streams.vast.parse import parse_tree
 from streams.vast.transport import DEFAULT_MAX_BODY_BYTES
 
@@ -217,14 +222,20 @@ def contenders(base: str, hops: list[str]) -> dict[str, tuple[Operation, Closer]
     """Each contender's resolution of the chain `hops`, and how to close it."""
     urls = [f"{base}{path}?cb=12345678" for path in hops]
     tag = f"{base}{hops[0]}?cb=[CACHEBUSTING]"
-    upstream = VastUpstream()
     # One context for every resolution: making contexts is the edge's work, not the
     # resolver's, and the resolver does the same work whatever the context holds.
     context = SessionContext.create({"user_id": "bench"})
 
-    async def resolver() -> None:
-        result = await upstream.fetch(tag, context=context)
-        assert result.status == "inline" and len(result.chain) == len(hops), result
+    def resolution(upstream: VastUpstream) -> Operation:
+        async def resolve() -> None:
+            result = await upstream.fetch(tag, context=context)
+            assert result.status == "inline" and len(result.chain) == len(hops), result
+
+        return resolve
+
+    upstream = VastUpstream()
+    keeps_nothing = ResolverMemo(max_entries=1, max_body_bytes=1, max_selection_bytes=1)
+    cold = VastUpstream(memo=keeps_nothing)
 
     transport = VastTransport()
 
@@ -271,7 +282,8 @@ def contenders(base: str, hops: list[str]) -> dict[str, tuple[Operation, Closer]
         pass
 
     return {
-        "resolver": (resolver, upstream.aclose),
+        "resolver": (resolution(upstream), upstream.aclose),
+        "cold": (resolution(cold), cold.aclose),
         "transport": (transport_only, transport.aclose),
         "httpx": (bare_httpx, client.aclose),
         "aiohttp": (bare_aiohttp, session.close),
@@ -406,6 +418,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def panels(rows: list[dict[str, Any]]) -> list[Panel]:
+    """What the picture beside the report shows: CPU and rate of each contender and case."""
+
+    def label(row: dict[str, Any]) -> str:
+        return f"{row['contender']}, {row['chain']} x{row['concurrency']}"
+
+    return [
+        Panel("CPU us per resolution", {label(row): row["cpu_us"] for row in rows}),
+        Panel("resolutions/s", {label(row): row["per_s"] for row in rows}),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measured time per run")
@@ -419,6 +443,8 @@ def main() -> None:
     print(table(rows))
     worst = max(r["cpu_vs_aiohttp"] for r in rows if r["contender"] == "resolver")
     print(f"\nresolver CPU per resolution, worst case: {worst:.2f}x bare aiohttp (goal {GOAL}x)")
+    cold = max(r["cpu_vs_aiohttp"] for r in rows if r["contender"] == "cold")
+    print(f"the same with every document new (nothing reused), worst case: {cold:.2f}x")
     floor = max(r["cpu_vs_aiohttp"] for r in rows if r["contender"] == "documents")
     print(f"of which VAST work without I/O, worst case: {floor:.2f}x bare aiohttp")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -435,6 +461,7 @@ def main() -> None:
                 },
                 "goal_cpu_vs_aiohttp": GOAL,
                 "resolver_worst_cpu_vs_aiohttp": worst,
+                "cold_worst_cpu_vs_aiohttp": cold,
                 "documents_worst_cpu_vs_aiohttp": floor,
                 "rows": rows,
             },
@@ -442,7 +469,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"written: {RESULTS}")
+    print(f"written: {RESULTS} and {save_beside(RESULTS, 'bench.vast_resolver', panels(rows))}")
 
 
 def main_hostile(seconds: float) -> None:

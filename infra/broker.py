@@ -1,8 +1,10 @@
 """A real single-node Apache Kafka broker (KRaft, combined broker and controller).
 
 The jars come from Maven Central through `infra/kafka/pom.xml` and are cached once per
-version under `~/.cache/adstream/kafka-<version>/jars`; no Docker and no Apache download
-site are needed, only Java 17 and Maven.
+version and pom under `~/.cache/adstream/kafka-<version>/jars-<pom digest>`; no Docker and no
+Apache download site are needed, only Java 17 and Maven. Kafka's command-line tools
+(`org.apache.kafka:kafka-tools`) come with the broker's jars:
+`java -cp '<jars>/*' org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ...`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import hashlib
 import os
 import re
 import shutil
@@ -32,6 +35,8 @@ from infra.process import (
 )
 
 KAFKA_VERSION = "4.2.0"
+REQUIRED_ARTIFACTS = ("kafka_2.13", "kafka-tools")
+"""What a download must have brought: the broker, and Kafka's command-line tools."""
 MIN_JAVA_MAJOR = 17
 _RESOURCES = Path(__file__).parent / "kafka"
 
@@ -54,11 +59,21 @@ def java_major(java: str) -> int:
     return int(match.group(2) or 0) if major == 1 else major
 
 
+def jars_dir(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path:
+    """Where `ensure_jars` keeps the jars of `version` as the pom resolves them.
+
+    Named by the pom's digest: a changed pom (another artifact) downloads into a new
+    folder, and never replaces one whose jars a running broker may still have to open."""
+    digest = hashlib.sha256((_RESOURCES / "pom.xml").read_bytes()).hexdigest()[:12]
+    return (cache or cache_root()) / f"kafka-{version}" / f"jars-{digest}"
+
+
 def ensure_jars(
     version: str = KAFKA_VERSION, *, mvn: str = "mvn", cache: Path | None = None
 ) -> Path:
-    """The folder holding the broker's jars, downloading them with Maven the first time."""
-    jars = (cache or cache_root()) / f"kafka-{version}" / "jars"
+    """The folder holding the broker's and the tools' jars, downloading them with Maven the
+    first time."""
+    jars = jars_dir(version, cache)
     if (jars / ".complete").exists():
         return jars
     if shutil.which(mvn) is None:
@@ -77,10 +92,14 @@ def ensure_jars(
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
         )  # fmt: skip
-    if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+    complete = all(any(staging.glob(f"{name}-{version}.jar")) for name in REQUIRED_ARTIFACTS)
+    if result.returncode != 0 or not complete:
         shutil.rmtree(staging, ignore_errors=True)
         raise JarDownloadError(f"org.apache.kafka:kafka_2.13:{version}", log_path)
     (staging / ".complete").touch()
+    if (jars / ".complete").exists():  # another process finished first: its jars may be in use
+        shutil.rmtree(staging, ignore_errors=True)
+        return jars
     shutil.rmtree(jars, ignore_errors=True)
     staging.rename(jars)
     return jars

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-from infra.errors import PrerequisiteMissing
+from infra.debian_packages import find_or_install
 from infra.process import LOOPBACK, ServiceProcess, ensure_port_free, free_port
-
-INSTALL_HINT = "install it, e.g. `apt-get install redis-server`"
-
-
-def find_or_install_redis_server(log_dir: Path) -> str:
-    """The path of `redis-server`; as root with apt-get, installs the Debian package first."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise PrerequisiteMissing("redis-server", INSTALL_HINT)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "apt-redis.log"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    with log_path.open("w") as log:
-        for argv in ([apt, "update", "-q"], [apt, "install", "-y", "-q", "redis-server"]):
-            subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    found = shutil.which("redis-server")
-    if found is None:
-        raise PrerequisiteMissing("redis-server", f"{INSTALL_HINT} (apt-get's output: {log_path})")
-    return found
 
 
 def redis_answers(url: str) -> bool:
@@ -67,7 +42,7 @@ class RedisServer:
         return self.log_dir / "redis.log"
 
     def start(self) -> None:
-        binary = find_or_install_redis_server(self.log_dir)
+        binary = find_or_install("redis-server", "redis-server", self.log_dir)
         if self.port == 0:
             self.port = free_port()
         ensure_port_free("Redis", self.port)

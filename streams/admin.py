@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import logging
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from models.codec import InvalidEvent, decode_campaign, encode
 from models.events import Campaign
@@ -23,6 +25,44 @@ from streams.topics import Partitions, Topics
 # or a backfill within minutes of writing it: the topics keep everything unless told otherwise.
 KEEP_FOREVER = {"retention.ms": "-1"}
 COMPACTED = {"cleanup.policy": "compact"}
+
+
+class BrokerUnreachable(Exception):
+    """No broker at the bootstrap address answered within the time given."""
+
+
+async def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+    """Return once a broker at `bootstrap` answers a metadata request; `BrokerUnreachable`
+    after `timeout_s` (aiokafka's own clients would retry, or wait, without a bound)."""
+    deadline = time.monotonic() + timeout_s
+    with _quiet("aiokafka"):  # an error line per attempt; the outcome is told once, below
+        while (remaining := deadline - time.monotonic()) > 0:
+            client = AIOKafkaClient(
+                bootstrap_servers=bootstrap, request_timeout_ms=max(int(remaining * 1000), 1)
+            )
+            try:
+                await asyncio.wait_for(client.bootstrap(), remaining)
+                return
+            except (KafkaError, OSError, TimeoutError):
+                pass  # refused, unreachable or silent: all the same to whoever waits
+            finally:
+                await client.close()
+            await asyncio.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+    raise BrokerUnreachable(
+        f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s; "
+        "check KAFKA_BOOTSTRAP_SERVERS (`adstream infra up` starts a local broker)"
+    )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Partitions:

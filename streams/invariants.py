@@ -32,7 +32,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -42,6 +42,13 @@ from streams.decision_reader import Decision
 from streams.state.campaigns import CampaignRules, Cap
 
 DAY_MS = 86_400_000
+
+
+class Capped(Protocol):
+    """What the cap checks read of a campaign: a `Campaign`, or the caps of a configuration."""
+
+    @property
+    def frequency_caps(self) -> tuple[FrequencyCap, ...]: ...
 
 
 class CapPeak(msgspec.Struct, frozen=True):
@@ -69,7 +76,7 @@ def _peak(times: list[int], window_ms: int) -> int:
 
 
 def _peaks_per_user(
-    served: Iterable[Decision], campaigns: Mapping[str, Campaign]
+    served: Iterable[Decision], campaigns: Mapping[str, Capped]
 ) -> Iterator[tuple[str, str, FrequencyCap, int]]:
     """(user_id, campaign_id, cap, peak) for every identified user served by a capped
     campaign. Anonymous impressions count for no one: they cannot be capped."""
@@ -84,7 +91,7 @@ def _peaks_per_user(
             yield user_id, campaign_id, cap, _peak(served_at, cap.window_s * 1000)
 
 
-def cap_peaks(served: Iterable[Decision], campaigns: Mapping[str, Campaign]) -> list[CapPeak]:
+def cap_peaks(served: Iterable[Decision], campaigns: Mapping[str, Capped]) -> list[CapPeak]:
     """One `CapPeak` per cap of every campaign, in the campaigns' and caps' order."""
     best: dict[tuple[str, FrequencyCap], tuple[int, str | None]] = {}
     for user_id, campaign_id, cap, peak in _peaks_per_user(served, campaigns):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args, get_type_hints
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -21,13 +23,16 @@ DEFAULT_KAFKA_BOOTSTRAP_SERVERS = "localhost:9092"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_WEB_PORT = 6066
 DEFAULT_IMPRESSION_HISTORY_S = 7 * 86_400
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class Settings(msgspec.Struct, frozen=True):
     kafka_bootstrap_servers: str = DEFAULT_KAFKA_BOOTSTRAP_SERVERS
     redis_url: str = DEFAULT_REDIS_URL
     """Empty string: run without the Redis lookaside."""
-    web_port: int = DEFAULT_WEB_PORT
+    web_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = DEFAULT_WEB_PORT
     web_bind: str = "0.0.0.0"
     """Where the web port (metrics, table routes) listens."""
     web_host: str = "127.0.0.1"
@@ -37,22 +42,22 @@ class Settings(msgspec.Struct, frozen=True):
     topic_prefix: str = ""
     """Put before every name the worker uses on the cluster, so that several deployments (or
     tests) share a broker."""
-    partitions: int = 8
+    partitions: Annotated[int, msgspec.Meta(ge=1)] = 8
     """Partitions of the topics the worker creates when they are missing."""
     data_dir: str = "/var/lib/adstream"
     store: Literal["rocksdb", "memory"] = "rocksdb"
-    commit_interval_s: float = 0.05
+    commit_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.05
     """How often decisions become visible: each commit ends a Kafka transaction."""
     behind_commit_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.25
     """How often while the worker is behind (more than a batch of requests waiting): each
     commit costs a few broker round trips per partition, CPU the backlog needs, and queued
     requests wait longer than this for their turn anyway."""
-    fetch_wait_ms: int = 10
+    fetch_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 10
     """How long the broker may hold a fetch open for more data (Faust ships 1500)."""
-    batch_size: int = 500
-    batch_wait_s: float = 0.005
-    hop_timeout_s: float = 1.0
-    chain_timeout_s: float = 2.0
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
+    batch_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.005
+    hop_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    chain_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     max_fetches: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_FETCHES
     """Upstream GETs one ad request may cause, across its wrapper chain and every fallback ad,
     retries included; past it, resolution stops (302)."""
@@ -67,7 +72,7 @@ class Settings(msgspec.Struct, frozen=True):
     breaker_min_failing_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     """How long the timeouts in a row must have lasted: one stall of an upstream times out
     every request then in flight at once, and should not shut it for a cooldown."""
-    standby_replicas: int = 0
+    standby_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
     stall_warning_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     """A partition with requests waiting and no commit for this long is logged as stalled."""
     block_private_addresses: bool = False
@@ -82,7 +87,9 @@ class Settings(msgspec.Struct, frozen=True):
     served before the cap was added or lengthened."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """uvloop costs the worker less CPU per decision; asyncio's own loop is the fallback."""
-    log_level: str = "info"
+    log_level: LogLevel = "info"
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """How long the commands wait for an unreachable Kafka broker before giving up."""
 
     # The environment variable each field is read from.
     ENV_NAMES: ClassVar[dict[str, str]] = {
@@ -115,6 +122,7 @@ class Settings(msgspec.Struct, frozen=True):
         "impression_history_s": "ADSTREAM_IMPRESSION_HISTORY_S",
         "event_loop": "ADSTREAM_EVENT_LOOP",
         "log_level": "ADSTREAM_LOG_LEVEL",
+        "connect_timeout_s": "ADSTREAM_CONNECT_TIMEOUT_S",
     }
 
     def __post_init__(self) -> None:
@@ -124,6 +132,21 @@ class Settings(msgspec.Struct, frozen=True):
                 ipaddress.ip_network(network)
             except ValueError as exc:
                 raise ValueError(f"allowed_networks: {exc}") from None
+        if self.redis_url and urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                "redis_url: not a Redis URL (redis://host:port/db, "
+                "rediss://..., unix://...; empty for none)"
+            )
+        for address in self.kafka_bootstrap_servers.split(","):
+            # As aiokafka reads it: the port is 9092 when none is given.
+            host, colon, port = address.strip().rpartition(":")
+            if not colon:
+                host, port = port, "9092"
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"kafka_bootstrap_servers: {address!r} is not host:port "
+                    "(several are separated by commas)"
+                )
 
     @property
     def allowed_network_list(self) -> list[str]:
@@ -137,18 +160,43 @@ class Settings(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives; a bad value raises `BadSetting` naming its
+        variable."""
         environ = os.environ if environ is None else environ
         values = {
             field: environ[name] for field, name in cls.ENV_NAMES.items() if environ.get(name)
         }
+        if "log_level" in values:  # INFO as well as info, like the logging module
+            values["log_level"] = values["log_level"].lower()
         try:
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
-            raise ValueError(f"bad environment setting: {exc}") from exc
+            raise BadSetting.of(str(exc), environ) from None
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings (for child processes)."""
         return {name: str(getattr(self, field)) for field, name in self.ENV_NAMES.items()}
+
+
+class BadSetting(ValueError):
+    """An environment variable whose value adstream cannot use; the message names it."""
+
+    @classmethod
+    def of(cls, problem: str, environ: Mapping[str, str]) -> BadSetting:
+        """From msgspec's "... - at `$.field`" or a check's "field: ...", the same problem
+        told by the variable's name and value, with the choices when there are few."""
+        field = ""
+        if match := re.search(r" - at `\$\.(\w+)`$", problem):
+            field, problem = match.group(1), problem[: match.start()]
+        elif match := re.match(r"(\w+): ", problem):
+            field, problem = match.group(1), problem[match.end() :]
+        name = Settings.ENV_NAMES.get(field)
+        if name is None:
+            return cls(f"bad setting: {problem}")
+        choices = get_args(get_type_hints(Settings)[field])
+        if choices and all(isinstance(choice, str) for choice in choices):
+            problem += f" (one of {', '.join(choices)})"
+        return cls(f"bad setting {name}={environ.get(name, '')!r}: {problem}")
 
 
 def split_networks(text: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Session-wide services for the whole suite: one Kafka broker and one Redis server.
+"""Session-wide services for the whole suite: one Kafka broker and one Redis server, and a
+throwaway PostgreSQL server for the tests that ask for one (`postgres`).
 
 Addresses from KAFKA_BOOTSTRAP_SERVERS / REDIS_URL win; else testcontainers when a Docker
 engine answers; else the local launcher (see infra/provision.py). Tests never share topics:
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from hypothesis import settings
 
+from infra.postgres_server import PostgresServer
 from infra.provision import Services, provide_services
 from tests.upstream import VastServer, serve
 
@@ -37,6 +39,15 @@ def kafka_bootstrap(services: Services) -> str:
 @pytest.fixture(scope="session")
 def redis_url(services: Services) -> str:
     return services.redis_url
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of this session's own (Debian's packages, installed if missing)."""
+    server = PostgresServer(log_dir=tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

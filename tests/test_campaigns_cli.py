@@ -1,15 +1,21 @@
-"""`adstream campaigns load`: JSON and TOML files, validated whole before anything is sent."""
+"""`adstream campaigns load`: JSON and TOML files, validated whole before anything is sent;
+`campaigns list|show`: the rules in force and their spend, from the real topics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import msgspec
 
 from streams.topics import Topics
+from tests.audit.kafka import HistoryWriter
+from tests.audit.support import served
 from tests.cli import read_topic, run_adstream
+from tests.pipeline.harness import BASE_MS, DAY_MS, campaign, request
 
 CAMPAIGN = {
     "schema": 1,
@@ -147,3 +153,70 @@ async def test_unreadable_files_name_what_is_wrong(
         assert "cannot read a list of campaigns" in result.stderr and problem in result.stderr
         assert "Traceback" not in result.stderr
     assert await published(kafka_bootstrap, Topics.named(prefix).campaigns, 1) == []
+
+
+async def test_list_and_show_the_rules_in_force_and_their_spend(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    prefix = f"{unique_name}-"
+    topics = Topics.named(prefix)
+    now_ms = time.time_ns() // 1_000_000
+    today_ms = max(now_ms - 60_000, now_ms // DAY_MS * DAY_MS)
+    first_a = campaign("http://127.0.0.1/a", campaign_id="a", lifetime="1.00", daily="0.50")
+    async with HistoryWriter(kafka_bootstrap, topics) as writer:
+        (rules_a,) = await writer.campaigns(first_a)
+        b_rules, _ = await writer.campaigns(
+            campaign("http://127.0.0.1/b", campaign_id="b", caps=[(3, 3600)]),
+            campaign("http://127.0.0.1/c", campaign_id="c"),
+        )
+        async with writer.producer.transaction():
+            await writer.producer.send(topics.campaigns, None, key=b"c")  # deleted
+            await writer.producer.send(topics.campaigns, b'{"schema": 1}', key=b"b")  # invalid
+        (rules_a,) = await writer.campaigns(msgspec.structs.replace(first_a, cpm="3.00"))
+        old = [request("a", BASE_MS + i, f"user-{i}") for i in range(2)]
+        new = [request("a", today_ms + i, f"user-{i}") for i in range(3)]
+        await writer.write(decisions=[served(r, rules_a, cost="0.0025") for r in old + new])
+        await writer.write(decisions=[served(request("a", today_ms, "x"), rules_a)], abort=True)
+
+    def adstream(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_adstream(["campaigns", *args], kafka_bootstrap=kafka_bootstrap, prefix=prefix)
+
+    listed = await asyncio.to_thread(adstream, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    report = json.loads(listed.stdout)
+    assert [c["campaign_id"] for c in report["campaigns"]] == ["a", "b"]
+    a, b = report["campaigns"]
+    assert a["version"] == rules_a.version and a["config"]["cpm"] == "3.00"
+    assert b["version"] == b_rules.version and b["config"]["frequency_caps"] == [
+        {"max": 3, "window_s": 3600}
+    ]
+    day = time.strftime("%Y-%m-%d", time.gmtime(today_ms / 1000))
+    assert a["spend"] == {
+        "currency": "USD",
+        "served": 5,
+        "lifetime": {"budget": "1.00", "spent": "0.0125", "remaining": "0.9875"},
+        "today": {"budget": "0.50", "spent": "0.0075", "remaining": "0.4925"},
+        "day": day,
+    }
+    assert b["spend"]["lifetime"] == {"budget": None, "spent": "0.00", "remaining": None}
+
+    table = await asyncio.to_thread(adstream, "list")
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert rows[1][:8] == [
+        "a",
+        "active",
+        str(rules_a.version),
+        "USD",
+        "3.00",
+        "5",
+        "0.0125",
+        "1.00",
+    ]
+    assert rows[1][8:] == ["0.0075", "0.50"]
+    shown = await asyncio.to_thread(adstream, "show", "a")
+    assert shown.returncode == 0, shown.stderr
+    assert "spent lifetime 0.0125 USD of 1.00, 0.9875 left" in shown.stdout
+    assert f"spent today {day} 0.0075 USD of 0.50, 0.4925 left" in shown.stdout
+    deleted = await asyncio.to_thread(adstream, "show", "c", "--json")
+    assert deleted.returncode == 1
+    assert json.loads(deleted.stdout) == {"ok": False, "error": "no campaign 'c' in force"}

@@ -27,6 +27,7 @@ from streams.demo.summary import Expected, render, summarize
 from streams.demo.traffic import HOUR_MS, UNKNOWN_CAMPAIGN, TrafficPlan, generate
 from streams.demo.upstream import DEFAULT_ORIGIN, DemoUpstream, load_documents, rebase
 from streams.invariants import cap_peaks
+from tests.png import png_dimensions
 
 NOW_MS = 1_795_000_000_000
 PLAN = TrafficPlan(end_ms=NOW_MS, requests=5000, users=300, hours=6.0, seed=7)
@@ -189,6 +190,7 @@ def served(
         "user_id": user,
         "timestamp": at,
         "cost": cost,
+        "currency": "USD",
         "campaign_version": version,
     }
     return Decision("served", payload, 0)
@@ -255,6 +257,15 @@ def test_summary_of_decisions_that_kept_every_rule() -> None:
     text = render(summary)
     assert "invariants held" in text
     assert "0.01002" in text  # exact: 4 x 0.002505
+    # What --plot draws: the same numbers, over event time.
+    timeline = summary.timeline
+    assert timeline.start_ms == T0 // 60_000 * 60_000
+    totals = {outcome: sum(counts) for outcome, counts in timeline.decisions.items()}
+    assert totals == {"served": summary.served, **summary.denied}
+    (series,) = timeline.spend
+    assert (series.campaign_id, series.spent[-1], series.lifetime) == ("c1", row.spent, 10_020)
+    assert series.spent[10] == 2 * 2_505  # r2 at T0 + 10 min
+    assert [(bar.peak, bar.max, bar.user_id) for bar in timeline.caps] == [(2, 2, "u-1")]
 
 
 def test_summary_reports_a_cap_exceeded() -> None:
@@ -314,7 +325,7 @@ def test_cap_peaks_match_brute_force() -> None:
 # End to end.
 
 
-def test_demo_end_to_end(services: Services) -> None:
+def test_demo_end_to_end(services: Services, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap_servers,
@@ -322,7 +333,19 @@ def test_demo_end_to_end(services: Services) -> None:
     }
     started = time.monotonic()
     # 2 h of event time in 2 s: a live stream sped up (see `streams.demo.run._publish`).
-    args = ["--requests", "300", "--users", "30", "--hours", "2", "--rate", "150"]
+    plot = tmp_path / "demo.png"
+    args = [
+        "--requests",
+        "300",
+        "--users",
+        "30",
+        "--hours",
+        "2",
+        "--rate",
+        "150",
+        "--plot",
+        str(plot),
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "streams.cli", "demo", *args],
         env=env,
@@ -340,6 +363,8 @@ def test_demo_end_to_end(services: Services) -> None:
     assert "0 decided twice" in out
     assert "what to run next" in out
     assert "healthy" in done.stderr
+    assert f"plot: {plot}" in done.stderr
+    assert png_dimensions(plot)[0] == 1200
     assert elapsed < 90, elapsed
 
 

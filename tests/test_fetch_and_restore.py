@@ -1,10 +1,12 @@
-"""`streams.worker.faust_seam` items 9 to 11 against the real broker: Faust's fetches take only
-the partitions it asks for and give back what it drops, events cleared from its queues are
-fetched again, and a changelog's end for a restore is its last committed record, not the
-transaction markers and aborted records after it."""
+"""Items 9 to 11 of adstream's Faust subclasses (`streams.worker.kafka_transport`,
+`streams.worker.skipped_events`, `streams.worker.recovery`) against the real broker: Faust's
+fetches take only the partitions it asks for and give back what it drops, events cleared from
+its queues are fetched again, and a changelog's end for a restore is its last committed
+record, not the transaction markers and aborted records after it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -16,14 +18,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, Message
 
-from streams.worker.faust_seam import (
-    Fetched,
-    SkippedEvents,
-    changelog_ends,
-    give_back,
-    keep_fetched_records,
-    rewind,
-)
+from streams.worker.kafka_transport import Fetch, Fetched, fetch_asked, give_back
+from streams.worker.recovery import changelog_ends
+from streams.worker.skipped_events import SkippedEvents, rewind
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -69,9 +66,10 @@ async def buffered(consumer: AIOKafkaConsumer, partitions: list[TopicPartition])
         await consumer.position(tp)
 
 
-def faust_thread() -> Any:
-    """As much of Faust's consumer thread as `_fetch_records` looks at."""
-    return SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+def faust_fetch() -> Fetch:
+    """Faust's fetch, on as much of its consumer thread as `_fetch_records` looks at."""
+    thread: Any = SimpleNamespace(consumer=SimpleNamespace(flow_active=True))
+    return functools.partial(AIOKafkaConsumerThread._fetch_records, thread)
 
 
 async def test_a_fetch_for_no_partition_takes_none(
@@ -82,13 +80,10 @@ async def test_a_fetch_for_no_partition_takes_none(
     dropped them) the records of paused changelog partitions, past a recovery's seek."""
     partitions = await filled(kafka_bootstrap, unique_name, 3)
     await buffered(consumer, partitions)
-    keep_fetched_records()
-    fetch = AIOKafkaConsumerThread._fetch_records
-
-    assert await fetch(faust_thread(), consumer, set(), timeout=1.0) == {}
+    assert await fetch_asked(faust_fetch(), consumer, set(), timeout=1.0) == {}
     assert [await consumer.position(tp) for tp in partitions] == [0, 0]
 
-    fetched = await fetch(faust_thread(), consumer, {partitions[0]}, timeout=5.0)
+    fetched = await fetch_asked(faust_fetch(), consumer, {partitions[0]}, timeout=5.0)
     assert list(fetched) == [partitions[0]]
     assert isinstance(fetched, Fetched)
     assert fetched.positions == {partitions[0]: 3}
@@ -103,11 +98,10 @@ async def test_records_faust_did_not_deliver_are_fetched_again(
     partitions = await filled(kafka_bootstrap, unique_name, 3)
     first, second = partitions
     await buffered(consumer, partitions)
-    keep_fetched_records()
     fetched = Fetched({}, {})
     while len(fetched) < 2:  # both partitions' records, whatever order they came in
-        more = await AIOKafkaConsumerThread._fetch_records(
-            faust_thread(), consumer, set(partitions) - set(fetched), timeout=5.0
+        more = await fetch_asked(
+            faust_fetch(), consumer, set(partitions) - set(fetched), timeout=5.0
         )
         assert isinstance(more, Fetched)
         fetched = Fetched({**fetched, **more}, {**fetched.positions, **more.positions})

@@ -35,3 +35,10 @@ def test_the_event_schema_is_the_bottom_layer() -> None:
     loaded = loaded_after("models, models.events, models.codec, models.ad")
     assert "streams" not in loaded
     assert not loaded & {"httpx", "aiohttp", "redis", "aiokafka", "kafka", "lxml", "faust"}
+
+
+def test_the_optional_drivers_load_only_when_used() -> None:
+    """matplotlib (`--plot`) and the PostgreSQL driver (`--ledger postgresql://`) are loaded
+    by the commands that need them, at the moment they do."""
+    loaded = loaded_after("streams.cli.audit, streams.cli.billing, streams.cli.demo")
+    assert not loaded & {"matplotlib", "psycopg"}

@@ -34,8 +34,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, get_args
 
+import msgspec
+
 from models.codec import InvalidEvent, check_event_time, decode, decode_request
-from models.events import AdDenied, AdServed, DenialReason, RequestFields, request_fields
+from models.events import (
+    AdDenied,
+    AdServed,
+    DenialReason,
+    FrequencyCap,
+    RequestFields,
+    request_fields,
+)
 from models.money import MoneyError, from_micros, to_micros
 from streams.audit.configs import ConfigHistory
 from streams.audit.findings import (
@@ -48,10 +57,18 @@ from streams.audit.findings import (
 )
 from streams.audit.window import Window, iso
 from streams.decision_reader import Decision
-from streams.invariants import budget_breaches, cap_breaches, spend_by_campaign, spend_by_day
+from streams.invariants import (
+    budget_breaches,
+    cap_breaches,
+    cap_peaks,
+    spend_by_campaign,
+    spend_by_day,
+)
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
 from streams.state.decision_book import DecisionBook, Deny
+from streams.timeline import Timeline
+from streams.timeline import build as build_timeline
 
 DUPLICATE_WINDOW_MS = 24 * 3_600_000
 """docs/design.md: a request_id seen again within (at least) 24 h of event time gets no decision."""
@@ -75,6 +92,14 @@ class Audit:
     summary: Summary
     served: list[Decision]
     """The served decision of each request (a second one for a request excluded)."""
+    timeline: Timeline
+    """What `--plot` draws, of the decisions inside the window."""
+
+
+class _Caps(msgspec.Struct, frozen=True):
+    """A configuration's caps, in the form `invariants.cap_peaks` reads."""
+
+    frequency_caps: tuple[FrequencyCap, ...]
 
 
 class Auditor:
@@ -209,7 +234,22 @@ class _Verification:
             if breach.request_id in inside:
                 self.flag(breach.kind, breach.request_id, breach.detail)
         self._check_versions_in_order()
-        return Audit(self._summary(kept), served)
+        return Audit(self._summary(kept), served, self._timeline(kept))
+
+    def _timeline(self, kept: list[Decision]) -> Timeline:
+        """Peaks and budgets under each campaign's newest configuration."""
+        newest: dict[str, CampaignRules] = {}
+        for (campaign_id, _), rules in sorted(self.configs.versions.items()):
+            newest[campaign_id] = rules
+        caps = {
+            campaign_id: _Caps(
+                tuple(FrequencyCap(cap.max, cap.window_ms // 1000) for cap in rules.caps)
+            )
+            for campaign_id, rules in newest.items()
+        }
+        inside = [d for d in kept if d.payload["timestamp"] in self.window]
+        served = [d for d in inside if d.topic == "served" and d.payload["campaign_id"] in caps]
+        return build_timeline(inside, list(newest.values()), cap_peaks(served, caps))
 
     def _account(self, request_id: str) -> None:
         """Which requests need a decision, which decisions count, and which are too many."""

@@ -1,4 +1,5 @@
-"""Billing: charges every served ad exactly once into a SQLite ledger (`adstream billing`)."""
+"""Billing: charges every served ad exactly once into a ledger, SQLite or PostgreSQL
+(`adstream billing`)."""
 
 from streams.billing.consumer import BillingError, run
 from streams.billing.ledger import Ledger, LedgerConflict, LedgerError

@@ -4,7 +4,7 @@ ledger, together with the positions it was read up to.
 No consumer group and no Kafka offset commits: the ledger is the source of truth. Every
 partition of the topic is assigned by hand and positioned at the ledger's stored offset (or
 the beginning for a partition the ledger has not seen), so a restart after any crash resumes
-exactly where the last committed SQLite transaction ended. Records the consumer skips without
+exactly where the last committed ledger transaction ended. Records the consumer skips without
 returning them (transaction markers, aborted transactions) only move positions forward.
 """
 

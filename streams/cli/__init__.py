@@ -2,12 +2,14 @@
 
 import click
 
+from streams import logs
 from streams.cli.audit import audit
 from streams.cli.billing import billing_group
 from streams.cli.campaigns import campaigns_group
 from streams.cli.demo import demo
 from streams.cli.infra import infra_group
 from streams.cli.publish import publish
+from streams.cli.tail import tail
 from streams.cli.vast import vast_group
 from streams.cli.worker import worker
 
@@ -19,6 +21,7 @@ __all__ = [
     "infra_group",
     "main",
     "publish",
+    "tail",
     "vast_group",
     "worker",
 ]
@@ -28,6 +31,9 @@ __all__ = [
 @click.version_option(package_name="adstream")
 def main() -> None:
     """adstream: event-sourced ad decisions on Kafka."""
+    # Warnings of the libraries as JSON lines on stderr, transient Kafka retries left out;
+    # the worker and billing configure their own level.
+    logs.configure("warning")
 
 
 main.add_command(demo)
@@ -38,3 +44,4 @@ main.add_command(campaigns_group)
 main.add_command(publish)
 main.add_command(billing_group)
 main.add_command(audit)
+main.add_command(tail)

@@ -25,7 +25,9 @@ from streams.audit.replay import Replayed, ReplayError, replay
 from streams.audit.verify import Audit, Auditor
 from streams.audit.window import Window, parse_time
 from streams.billing.ledger import Charge, Ledger, LedgerError
-from streams.settings import Settings
+from streams.plot import available as plot_available
+from streams.plot import write_png
+from streams.settings import BadSetting, Settings
 from streams.topics import Topics
 
 PROGRESS_AFTER_S = 1.0
@@ -67,13 +69,24 @@ class _Time(click.ParamType):
 )
 @click.option(
     "--ledger",
-    "ledger_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Reconcile this billing ledger (SQLite) against the served decisions.",
+    "ledger_target",
+    metavar="LEDGER",
+    help="Reconcile this billing ledger (SQLite file or postgresql:// URL) against the served "
+    "decisions.",
 )
 @click.option("--json", "as_json_output", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also draw the decisions in the window into this PNG: per minute by outcome, spend "
+    "against budget over event time, cap peaks (needs the `plot` extra).",
+)
 def audit(
-    start_ms: int | None, end_ms: int | None, ledger_path: Path | None, as_json_output: bool
+    start_ms: int | None,
+    end_ms: int | None,
+    ledger_target: str | None,
+    as_json_output: bool,
+    plot: Path | None,
 ) -> None:
     """Replay campaigns, ad-requests, ad-served and ad-denied (read_committed, up to the end
     offsets seen at start) and verify every decision from the events alone: one decision
@@ -94,9 +107,17 @@ def audit(
         window = Window(start_ms, end_ms)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--to") from exc
-    if ledger_path is not None and not ledger_path.is_file():
-        raise AuditFailed(f"no ledger at {ledger_path}")
-    settings = Settings.from_env()
+    if plot is not None and not plot_available():
+        raise AuditFailed("--plot needs matplotlib: pip install 'adstream[plot]'")
+    if ledger_target is not None:  # before a long replay
+        try:
+            Ledger.open(ledger_target, read_only=True).close()
+        except LedgerError as exc:
+            raise AuditFailed(str(exc)) from exc
+    try:
+        settings = Settings.from_env()
+    except BadSetting as exc:
+        raise AuditFailed(str(exc)) from None
     topics = Topics.named(settings.topic_prefix)
     # Caps wider than the workers' impression history are held to what they keep.
     auditor = Auditor(window, history_ms=settings.impression_history_s * 1000)
@@ -111,13 +132,16 @@ def audit(
         progress.close()
     result = auditor.finish()
     summary = result.summary
-    if ledger_path is not None:
-        summary = _reconciled(summary, result, ledger_path, topics, replayed, window)
+    if ledger_target is not None:
+        summary = _reconciled(summary, result, ledger_target, topics, replayed, window)
     if as_json_output:
         click.echo(as_json(summary))
     else:
         label = f"{topics.campaigns}, {topics.requests}, {topics.served}, {topics.denied}"
         click.echo(as_text(summary, label, replayed.seconds))
+    if plot is not None:
+        write_png(result.timeline, plot, f"adstream audit ({topics.requests})")
+        click.echo(f"plot: {plot}", err=True)
     if not summary.ok:
         sys.exit(1)
 
@@ -125,20 +149,20 @@ def audit(
 def _reconciled(
     summary: Summary,
     result: Audit,
-    path: Path,
+    target: str,
     topics: Topics,
     replayed: Replayed,
     window: Window,
 ) -> Summary:
     try:
-        with Ledger.open(path, read_only=True) as ledger:
+        with Ledger.open(target, read_only=True) as ledger:
             if ledger.topic not in (None, topics.served):
                 raise AuditFailed(
-                    f"the ledger {path} bills {ledger.topic!r}, not {topics.served!r}"
+                    f"the ledger {ledger.where} bills {ledger.topic!r}, not {topics.served!r}"
                 )
             billed_to, charges = _cut(ledger)
             found, violations = reconcile(
-                str(path), result.served, charges, billed_to, replayed.ends["served"], window
+                ledger.where, result.served, charges, billed_to, replayed.ends["served"], window
             )
     except LedgerError as exc:
         raise AuditFailed(str(exc)) from exc
@@ -158,7 +182,7 @@ def _cut(ledger: Ledger, attempts: int = 10) -> tuple[dict[int, int], list[Charg
         charges = list(ledger.charges())
         if ledger.offsets() == before:
             return before, charges
-    raise AuditFailed(f"the ledger {ledger.path} kept changing while it was read; try again")
+    raise AuditFailed(f"the ledger {ledger.where} kept changing while it was read; try again")
 
 
 class _Progress:

@@ -17,10 +17,11 @@ import httpx
 
 from infra.errors import InfraError
 from infra.stack import LocalStack
+from streams.cli.environment import reach_broker, settings_from_env
 from streams.cli.infra import check_all, echo_health
 from streams.demo.run import DemoFailed, DemoOptions, run_demo
 from streams.demo.summary import Summary
-from streams.settings import Settings
+from streams.plot import available as plot_available
 from streams.worker.process import WorkerFailed
 
 DEFAULTS = DemoOptions()
@@ -55,7 +56,21 @@ DEFAULTS = DemoOptions()
     is_flag=True,
     help="Afterwards keep the worker, the upstream, Kafka and Redis up until Ctrl-C.",
 )
-def demo(requests: int, users: int, hours: float, seed: int, rate: int, keep_running: bool) -> None:
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also draw the summary into this PNG: decisions per minute by outcome, spend "
+    "against budget over event time, cap peaks (needs the `plot` extra).",
+)
+def demo(
+    requests: int,
+    users: int,
+    hours: float,
+    seed: int,
+    rate: int,
+    keep_running: bool,
+    plot: Path | None,
+) -> None:
     """Run the decision pipeline on a realistic stream and summarize what it decided.
 
     Starts a local VAST upstream and one worker, loads the sample campaigns, publishes the
@@ -63,9 +78,12 @@ def demo(requests: int, users: int, hours: float, seed: int, rate: int, keep_run
     and prints served and denied by reason, spend against budgets and caps against their
     peaks. Exits 1 if a request went undecided or a cap or budget was exceeded.
     """
-    options = DemoOptions(requests, users, hours, seed, rate, keep_running)
+    if plot is not None and not plot_available():
+        raise click.UsageError("--plot needs matplotlib: pip install 'adstream[plot]'")
+    options = DemoOptions(requests, users, hours, seed, rate, keep_running, plot)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
-        settings = Settings.from_env()
+        settings = settings_from_env()
+        reach_broker(settings)
         summary = _checked_run(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,

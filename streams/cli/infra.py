@@ -1,14 +1,17 @@
-"""`adstream infra up|down|status`: the local Kafka broker and Redis server."""
+"""`adstream infra up|down|status|env`: the local Kafka broker and Redis server."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import click
+import msgspec
 
 from infra import stack
 from infra.errors import InfraError
 from infra.health import ServiceHealth, check_kafka, check_redis
+from streams.cli.environment import CommandFailed, json_text
 
 
 async def check_all(addresses: dict[str, str]) -> list[ServiceHealth]:
@@ -47,8 +50,22 @@ def up() -> None:
     except InfraError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"logs: {started.log_dir}; stop with `adstream infra down`", err=True)
-    for name, value in started.addresses().items():
+    _echo_exports(started.addresses())
+
+
+def _echo_exports(addresses: dict[str, str]) -> None:
+    for name, value in addresses.items():
         click.echo(f"export {name}={value}")
+
+
+def _running_addresses(as_json: bool = False) -> tuple[dict[str, object], dict[str, str]]:
+    """The state of the stack `infra up` started, and its addresses."""
+    running = stack.status()
+    if running is None:
+        raise CommandFailed("not running; start it with `adstream infra up`", as_json=as_json)
+    addresses = running["addresses"]
+    assert isinstance(addresses, dict)
+    return running, addresses
 
 
 @infra_group.command("down")
@@ -61,13 +78,39 @@ def down() -> None:
         click.echo(f"stopped; logs kept in {stopped.get('logs')}", err=True)
 
 
+@infra_group.command("env")
+def env() -> None:
+    """Print the `export` lines of the running stack again: `eval "$(adstream infra env)"`
+    in a new shell."""
+    _, addresses = _running_addresses()
+    _echo_exports(addresses)
+
+
 @infra_group.command("status")
-def status() -> None:
-    """Check that the running stack answers; exit 1 if it is down or unhealthy."""
-    running = stack.status()
-    if running is None:
-        raise click.ClickException("not running; start it with `adstream infra up`")
-    addresses = running["addresses"]
-    assert isinstance(addresses, dict)
-    if not echo_health(asyncio.run(check_all(addresses))):
+@click.option("--json", "as_json", is_flag=True, help="The health (or the error) as JSON.")
+def status(as_json: bool) -> None:
+    """Check that the running stack answers, and that this shell's commands would use it;
+    exit 1 if it is down or unhealthy."""
+    running, addresses = _running_addresses(as_json)
+    results = asyncio.run(check_all(addresses))
+    healthy = all(result.healthy for result in results)
+    # Commands read the environment, not the stack's record: say where they part.
+    elsewhere = {
+        name: os.environ.get(name) for name, value in addresses.items()
+        if os.environ.get(name) != value
+    }  # fmt: skip
+    if as_json:
+        services = [msgspec.structs.asdict(result) for result in results]
+        report = {"ok": healthy, "addresses": addresses, "logs": running.get("logs")}
+        click.echo(json_text({**report, "services": services, "shell_elsewhere": elsewhere}))
+        if not healthy:
+            raise SystemExit(1)
+        return
+    for name, value in elsewhere.items():
+        click.echo(
+            f"this shell has {name}={value or '(unset)'}, not the stack's "
+            f'{addresses[name]}: eval "$(adstream infra env)"',
+            err=True,
+        )
+    if not echo_health(results):
         raise click.ClickException(f"unhealthy; logs are in {running.get('logs')}")

@@ -22,8 +22,8 @@ import msgspec
 from models.codec import InvalidEvent, decode_request
 from models.context import SessionContext
 from models.events import SCHEMA_VERSION, AdRequest
+from streams.cli.environment import CommandFailed, json_text, reach_broker, settings_from_env
 from streams.edge import EdgePublisher, PublishError
-from streams.settings import Settings
 from streams.topics import Topics
 
 PLACEMENT = "synthetic"
@@ -148,6 +148,7 @@ async def send_all(
     help="Requests per second; 0 sends as fast as the broker takes them.",
 )
 @click.option("--seed", default=1, show_default=True, help="Of the synthetic users and campaigns.")
+@click.option("--json", "as_json", is_flag=True, help="Report (or the error) as JSON on stdout.")
 def publish(
     source: IO[bytes] | None,
     synthetic: int | None,
@@ -155,8 +156,11 @@ def publish(
     campaigns: tuple[str, ...],
     rate: float,
     seed: int,
+    as_json: bool,
 ) -> None:
-    """Publish ad requests from SOURCE (JSON lines; - for stdin) or synthetic ones."""
+    """Publish ad requests from SOURCE (JSON lines; - for stdin) or synthetic ones.
+
+    Exits 1 if a line was rejected (each is reported on stderr) or the broker failed."""
     if (source is None) == (synthetic is None):
         raise click.UsageError("give either SOURCE (a file, or - for stdin) or --synthetic N")
     tally = Tally()
@@ -167,7 +171,8 @@ def publish(
     else:
         assert source is not None
         requests = file_requests(source, tally)
-    settings = Settings.from_env()
+    settings = settings_from_env(as_json=as_json)
+    reach_broker(settings, as_json=as_json)
     progress = Progress(synthetic)
 
     async def run() -> None:
@@ -177,12 +182,16 @@ def publish(
     try:
         asyncio.run(run())
     except PublishError as exc:
-        raise click.ClickException(f"{exc} ({tally.sent} sent before)") from exc
+        raise CommandFailed(f"{exc} ({tally.sent} sent before)", as_json=as_json) from exc
     progress.show(tally.sent, final=True)
-    click.echo(
-        f"{tally.sent} requests published to {Topics.named(settings.topic_prefix).requests};"
-        f" {tally.rejected} lines rejected",
-        err=True,
-    )
+    topic = Topics.named(settings.topic_prefix).requests
+    if as_json:
+        report = {"ok": not tally.rejected, "topic": topic, "published": tally.sent}
+        click.echo(json_text({**report, "rejected": tally.rejected}))
+    else:
+        click.echo(
+            f"{tally.sent} requests published to {topic}; {tally.rejected} lines rejected",
+            err=True,
+        )
     if tally.rejected:
         sys.exit(1)

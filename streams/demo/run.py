@@ -32,6 +32,7 @@ from streams.decision_reader import DecisionReader
 from streams.demo.summary import Expected, Summary, render, summarize
 from streams.demo.traffic import Message, Traffic, TrafficPlan, generate
 from streams.demo.upstream import DemoUpstream, rebase
+from streams.plot import write_png
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.worker.process import WorkerProcess
@@ -56,6 +57,8 @@ class DemoOptions(msgspec.Struct, frozen=True):
     rate: int = 250
     """Messages published per second."""
     keep_running: bool = False
+    plot: Path | None = None
+    """Where to write the summary's pictures (PNG), if anywhere."""
 
 
 CAMPAIGNS = Path(__file__).with_name("campaigns.json")
@@ -146,6 +149,9 @@ async def run_demo(bootstrap: str, redis_url: str, options: DemoOptions, work_di
             table_spend,
         )
         click.echo(render(summary))
+        if options.plot is not None:
+            write_png(summary.timeline, options.plot, f"adstream demo ({topics.requests})")
+            _status(f"plot: {options.plot}")
         click.echo(_upstream_line(upstream))
         if options.keep_running:
             path = work_dir / "campaigns.json"
@@ -322,6 +328,7 @@ def _next_steps(upstream: DemoUpstream, settings: Settings) -> str:
             f"  adstream campaigns load {_shown(CAMPAIGNS)}",
             "  # a running worker's Prometheus metrics (port: ADSTREAM_WEB_PORT)",
             "  curl http://127.0.0.1:6066/metrics",
+            "  # its status page, in a browser: http://127.0.0.1:6066/adstream/status/",
         ]
     )
 

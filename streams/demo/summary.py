@@ -19,6 +19,7 @@ from models.money import from_micros
 from streams.decision_reader import Decision
 from streams.invariants import (
     DAY_MS,
+    CapPeak,
     budget_violations,
     cap_peaks,
     cap_violations,
@@ -27,6 +28,8 @@ from streams.invariants import (
 )
 from streams.plain_table import plain_table
 from streams.state.campaigns import CampaignRules, Cap
+from streams.timeline import Timeline
+from streams.timeline import build as build_timeline
 
 DENIAL_REASONS: tuple[str, ...] = get_args(DenialReason)
 
@@ -85,6 +88,8 @@ class Summary(msgspec.Struct, frozen=True):
     """Second decisions seen for one request_id (exactly-once: 0)."""
     violations: list[str]
     """Every invariant that did not hold, in words; empty when all held."""
+    timeline: Timeline
+    """What `--plot` draws."""
 
     @property
     def ok(self) -> bool:
@@ -115,6 +120,7 @@ def summarize(
     violations += cap_violations(served, by_id)
     violations += budget_violations(served, by_id)
     spend = _spend_rows(served, campaigns, table_spend)
+    peaks = cap_peaks(served, by_id)
     violations += [
         f"{row.campaign_id}: the worker's tables hold {from_micros(row.tables)} spent, "
         f"the served events {from_micros(row.spent)}"
@@ -127,10 +133,13 @@ def summarize(
         denied={reason: denials[reason] for reason in DENIAL_REASONS if denials[reason]},
         dead_letters=dict(sorted(Counter(map(dead_letter_reason, dead_letters)).items())),
         spend=spend,
-        caps=_cap_rows(served, mine, by_id),
+        caps=_cap_rows(peaks, mine),
         resent=expected.resent,
         duplicates=len(duplicates),
         violations=violations,
+        timeline=build_timeline(
+            mine, [CampaignRules.from_campaign(c, version=0) for c in campaigns], peaks
+        ),
     )
 
 
@@ -199,9 +208,7 @@ def _spend_rows(
     return rows
 
 
-def _cap_rows(
-    served: Sequence[Decision], decided: Sequence[Decision], campaigns: Mapping[str, Campaign]
-) -> list[CapRow]:
+def _cap_rows(peaks: Sequence[CapPeak], decided: Sequence[Decision]) -> list[CapRow]:
     denied_by = Counter(
         (decision.payload["campaign_id"], decision.payload["detail"])
         for decision in decided
@@ -216,7 +223,7 @@ def _cap_rows(
             # The worker names the cap in a denial's detail by `Cap.label`.
             denied_by[(peak.campaign_id, Cap(peak.cap.max, peak.cap.window_s * 1000).label)],
         )
-        for peak in cap_peaks(served, campaigns)
+        for peak in peaks
     ]
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 DEFAULT_THRESHOLD = 5
@@ -37,6 +38,16 @@ MAX_LAG_S = 0.02
 MAX_TRACKED_ENDPOINTS = 10_000
 """Endpoints with timeouts remembered at once: wrappers can name any URL, and hostile ones
 could name a new one each time; the oldest entries go first."""
+
+
+class EndpointState(NamedTuple):
+    """An endpoint the breaker tracks: it has timed out since it last answered."""
+
+    endpoint: str
+    open: bool
+    """Its breaker has opened (its URLs fail at once, but for a probe after each cooldown)."""
+    timeouts: int
+    """Timeouts in a row."""
 
 
 class _Endpoint:
@@ -111,6 +122,19 @@ class CircuitBreaker:
         """`url` answered (with any HTTP status): its endpoint is healthy again."""
         if self._endpoints:
             self._endpoints.pop(endpoint_of(url), None)
+
+    def states(self, most: int) -> list[EndpointState]:
+        """Up to `most` of the tracked endpoints, open ones first, then by timeouts."""
+        states = [
+            EndpointState(endpoint, bool(state.open_until), state.timeouts)
+            for endpoint, state in self._endpoints.items()
+        ]
+        states.sort(key=lambda state: (not state.open, -state.timeouts, state.endpoint))
+        return states[:most]
+
+    def open_count(self) -> int:
+        """How many tracked endpoints have their breaker open."""
+        return sum(1 for state in self._endpoints.values() if state.open_until)
 
 
 def endpoint_of(url: str) -> str:

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import NamedTuple
 from urllib.parse import quote, unquote_plus, urlencode, urljoin
 
 import msgspec
@@ -42,12 +43,12 @@ from streams.vast.errors import (
     WrapperLimitReached,
     WrapperLoop,
 )
-from streams.vast.parse import DEFAULT_MAX_ADS, Parsed, parse_tree
+from streams.vast.memo import Digest, Path, ResolverMemo, selection_bytes
+from streams.vast.parse import DEFAULT_MAX_ADS, Parsed
 from streams.vast.pixels import ErrorPixels
 from streams.vast.result import ErrorReport, ResolvedAd, Status, VastResult
 from streams.vast.retry import NO_RETRIES, RetryPolicy
 from streams.vast.transport import Fetched, VastTransport
-from streams.vast.unwrap import Unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class VastUpstream:
         allow_multiple_ads: bool = True,
         unix_timestamp: bool = False,
         fire_error_pixels: bool = True,
+        memo: ResolverMemo | None = None,
     ) -> None:
         """
         `url`: the tag (macros allowed) that `fetch` requests when given only params.
@@ -92,6 +94,8 @@ class VastUpstream:
         less if a response's Cache-Control says so, never if it forbids it.
         `allow_multiple_ads`: whether the tag's response may be an ad pod.
         `unix_timestamp`: `[TIMESTAMP]` as Unix milliseconds instead of ISO 8601.
+        `memo`: documents parsed and selections unwrapped, reused by later requests that get
+        the same documents back; share one across upstreams (by default each keeps its own).
         """
         if max_depth < 0 or min(max_fetches, max_ads, max_ad_chars) < 1:
             raise ValueError("max_depth must be >= 0 and every other limit >= 1")
@@ -113,6 +117,7 @@ class VastUpstream:
         self.allow_multiple_ads = allow_multiple_ads
         self.unix_timestamp = unix_timestamp
         self.error_pixels = ErrorPixels(self.transport) if fire_error_pixels else None
+        self.memo = memo or ResolverMemo()
 
     async def fetch(
         self,
@@ -163,25 +168,39 @@ class VastUpstream:
 class _Loaded:
     """A fetched document, with the URL its relative VASTAdTagURIs resolve against."""
 
-    __slots__ = ("document", "elements", "url")
+    __slots__ = ("digest", "document", "elements", "url")
 
-    def __init__(self, url: str, parsed: Parsed) -> None:
+    def __init__(self, url: str, digest: Digest, parsed: Parsed) -> None:
         self.url = url
+        self.digest = digest
         self.document = parsed.document
         self.elements = parsed.elements
 
-    def element(self, ad: Ad) -> _Element:
-        """The `<Ad>` element `ad` was read from."""
-        for candidate, element in zip(self.document.ads, self.elements, strict=True):
+    def locate(self, ad: Ad) -> tuple[int, _Element]:
+        """Where `ad` is in the document, and the `<Ad>` element it was read from."""
+        for index, (candidate, element) in enumerate(
+            zip(self.document.ads, self.elements, strict=True)
+        ):
             if candidate is ad:
-                return element
+                return index, element
         raise ValueError("the ad is not of this document")
 
 
 _Above = tuple[tuple[_Element, str], ...]
 """The `<Ad>` elements of the Wrappers above an ad, outermost first, each with its document's
 namespace."""
-_Served = tuple[ResolvedAd, Unwrapped]
+
+
+class _Leaf(NamedTuple):
+    """An InLine ad the chain selected, with what unwrapping it takes."""
+
+    resolved: ResolvedAd
+    """Its typed view, `vast` still empty."""
+    element: _Element
+    namespace: str
+    version: str
+    above: _Above
+    path: Path
 
 
 class _Resolution:
@@ -214,7 +233,7 @@ class _Resolution:
         key = cache.key(template, self.params) if cache else None
         rules = chain.Rules(allow_multiple_ads=self.upstream.allow_multiple_ads)
         try:
-            served = await self._follow(url, key, (), (), frozenset(), rules)
+            served = await self._follow(url, key, (), (), (), frozenset(), rules)
             ads = self._unwrapped(served)
         except VastError as exc:
             if not exc.reported:
@@ -223,23 +242,33 @@ class _Resolution:
             return VastResult(status, exc.code, (), tuple(self.hops), tuple(self.reports))
         return VastResult("inline", None, ads, tuple(self.hops), tuple(self.reports))
 
-    def _unwrapped(self, served: Sequence[_Served]) -> tuple[ResolvedAd, ...]:
-        """The ads with the one document they are served in. Raises ResponseTooLarge (100),
-        reported to the ads' error URLs, when an ad and that document pass `max_ad_chars`."""
-        vast = unwrap.document(
-            [unwrapped for _, unwrapped in served], [ad.sequence for ad, _ in served]
-        )
+    def _unwrapped(self, served: Sequence[_Leaf]) -> tuple[ResolvedAd, ...]:
+        """The ads with the one document they are served in, built once per selection of the
+        same documents (`streams.vast.memo`). Raises ResponseTooLarge (100), reported to the
+        ads' error URLs, when an ad and that document pass `max_ad_chars`."""
+        limit = self.upstream.max_ad_chars
+        memo = self.upstream.memo.unwrapped
+        key = (limit, tuple([(leaf.path, leaf.resolved.sequence) for leaf in served]))
+        ads = memo.get(key)
+        if ads is not None:
+            return ads
+        unwrapped = [
+            unwrap.unwrap_ad(leaf.element, leaf.namespace, leaf.version, leaf.above)
+            for leaf in served
+        ]
+        vast = unwrap.document(unwrapped, [leaf.resolved.sequence for leaf in served])
         ads = tuple(
             [
-                msgspec.structs.replace(ad, vast=vast, unsafe_urls=unwrapped.unsafe_urls)
-                for ad, unwrapped in served
+                msgspec.structs.replace(leaf.resolved, vast=vast, unsafe_urls=ad.unsafe_urls)
+                for leaf, ad in zip(served, unwrapped, strict=True)
             ]
         )
-        limit = self.upstream.max_ad_chars
-        if any(len(vast) + chain.chars(ad) > limit for ad in ads):
+        chars = [chain.chars(ad) for ad in ads]
+        if any(len(vast) + count > limit for count in chars):
             exc = ResponseTooLarge(f"the unwrapped document and an ad's URLs pass {limit} chars")
             self._report(exc, list(dict.fromkeys(url for ad in ads for url in ad.errors)))
             raise exc
+        memo.put(key, ads, selection_bytes(ads, sum(chars)))
         return ads
 
     async def _follow(
@@ -248,9 +277,10 @@ class _Resolution:
         key: str | None,
         wrappers: tuple[Ad, ...],
         above: _Above,
+        path: Path,
         visited: frozenset[str],
         rules: chain.Rules,
-    ) -> list[_Served]:
+    ) -> list[_Leaf]:
         """Fetch the document at `url` and resolve the ads `rules` select from it."""
         if url in visited:
             raise WrapperLoop(f"{url} is already in this chain")
@@ -263,13 +293,17 @@ class _Resolution:
             raise
         visited = visited | {url, loaded.url}
         if len(targets) == 1:
-            outcomes = [await self._slot(targets[0], fallbacks, loaded, wrappers, above, visited)]
+            outcomes = [
+                await self._slot(targets[0], fallbacks, loaded, wrappers, above, path, visited)
+            ]
         else:
             # The pod's ads resolve concurrently; siblings may share a URL, since each one's
             # cycle check sees only its own chain.
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._slot(ad, fallbacks, loaded, wrappers, above, visited))
+                    group.create_task(
+                        self._slot(ad, fallbacks, loaded, wrappers, above, path, visited)
+                    )
                     for ad in targets
                 ]
             outcomes = [task.result() for task in tasks]
@@ -285,14 +319,15 @@ class _Resolution:
         loaded: _Loaded,
         wrappers: tuple[Ad, ...],
         above: _Above,
+        path: Path,
         visited: frozenset[str],
-    ) -> list[_Served] | VastError:
+    ) -> list[_Leaf] | VastError:
         """Resolve `ad`, or the stand-alone ads that may replace it, in turn. Returns the
         first failure when none resolves."""
         first_failure: VastError | None = None
         while True:
             try:
-                return await self._resolve_ad(ad, loaded, wrappers, above, visited)
+                return await self._resolve_ad(ad, loaded, wrappers, above, path, visited)
             except VastError as exc:
                 if not exc.reported:
                     self._report(exc, chain.error_urls((*wrappers, ad)))
@@ -309,18 +344,19 @@ class _Resolution:
         loaded: _Loaded,
         wrappers: tuple[Ad, ...],
         above: _Above,
+        path: Path,
         visited: frozenset[str],
-    ) -> list[_Served]:
-        element = loaded.element(ad)
+    ) -> list[_Leaf]:
+        index, element = loaded.locate(ad)
         document = loaded.document
+        path = (*path, (loaded.digest, index))
         if ad.wrapper is None:
             if not ad.creatives:
                 raise NoAdError("an InLine ad without creatives")
             resolved = chain.resolve_ad(
                 ad, wrappers, max_chars=self.upstream.max_ad_chars, deadline=self.cpu_deadline
             )
-            unwrapped = unwrap.unwrap_ad(element, document.namespace, document.version, above)
-            return [(resolved, unwrapped)]
+            return [_Leaf(resolved, element, document.namespace, document.version, above, path)]
         if len(wrappers) >= self.upstream.max_depth:
             raise WrapperLimitReached(f"more than {self.upstream.max_depth} Wrappers in a chain")
         uri = ad.wrapper.ad_tag_uri
@@ -332,13 +368,15 @@ class _Resolution:
             key,
             (*wrappers, ad),
             (*above, (element, document.namespace)),
+            path,
             visited,
             chain.Rules.of(ad.wrapper),
         )
         if len(served) == 1 and ad.sequence is not None:
             # A Wrapper's place in a pod passes to the one ad it resolved to.
-            ((resolved, unwrapped),) = served
-            return [(msgspec.structs.replace(resolved, sequence=ad.sequence), unwrapped)]
+            (leaf,) = served
+            resolved = msgspec.structs.replace(leaf.resolved, sequence=ad.sequence)
+            return [leaf._replace(resolved=resolved)]
         return served
 
     async def _load(self, url: str, key: str | None) -> _Loaded:
@@ -348,19 +386,21 @@ class _Resolution:
             body = await cache.get(key)
             if body is not None:
                 self.hops.append(Hop(url, 200, _ms_since(started), cached=True))
-                return _Loaded(url, self._parse(body))
+                return _Loaded(url, *self._parse(body))
         fetched = await self._get(url)
         if fetched.status == 204 or not fetched.body or fetched.body.isspace():  # strip() copies
             raise NoAdError(f"empty response from {url}")
-        parsed = self._parse(fetched.body)
+        digest, parsed = self._parse(fetched.body)
         if cache is not None and key is not None and parsed.document.ads:
             ttl = cache_ttl(fetched.cache_control, self.upstream.cache_ttl)
             if ttl is not None:
                 await cache.set(key, fetched.body, ttl)
-        return _Loaded(fetched.url, parsed)
+        return _Loaded(fetched.url, digest, parsed)
 
-    def _parse(self, body: bytes) -> Parsed:
-        return parse_tree(body, max_ads=self.upstream.max_ads, deadline=self.cpu_deadline)
+    def _parse(self, body: bytes) -> tuple[Digest, Parsed]:
+        return self.upstream.memo.parse(
+            body, max_ads=self.upstream.max_ads, deadline=self.cpu_deadline
+        )
 
     async def _get(self, url: str) -> Fetched:
         """One hop: GET with retries, within the hop timeout and the chain deadline."""

@@ -14,7 +14,13 @@ a cap and a budget are checked and charged in one place, in one transaction.
 | `route_stage.py`, `decide_stage.py` | the two stages (their rules are `streams.state`'s) |
 | `outputs.py` | a stage's records, in its transaction; the per-message dead-letter boundary |
 | `tables.py` | the Faust tables, typed |
-| `faust_seam.py` | what adstream changes in faust-streaming, and the commit protocol |
+| `commit_protocol.py` | outputs, table writes and offsets in one transaction per source partition |
+| `kafka_transport.py` | Faust's Kafka transport, consumer and producer, as subclasses |
+| `recovery.py` | table restores that read every changelog record, or exit |
+| `skipped_events.py` | events Faust skips or clears, processed after all |
+| `event_context.py` | which event a table access belongs to |
+| `faust_version.py` | the faust-streaming release the subclasses were written for |
+| `exit_status.py` | the exit status of a worker that cannot go on safely |
 | `crash_journal.py` | setting aside a message that brings the process down |
 | `local_state.py` | trusting RocksDB files only after a clean shutdown |
 | `metrics.py` | the Prometheus metrics |

@@ -13,15 +13,19 @@ upstream; the same stream carries the lease records, so each campaign's bank
 (`streams.worker.lease_desk`) answers its partitions' asks there. Every worker reads every
 campaign's rules (`streams.worker.campaign_view`); `check` dead-letters invalid ones.
 
-Stages read batches (`take_events`) and write through `streams.worker.faust_seam`, which makes
-Faust's exactly-once hold: every output and table write commits in one Kafka transaction with
-the offsets of the events that caused it.
+Stages read batches (`take_events`) and write through `streams.worker.commit_protocol`, which
+makes Faust's exactly-once hold: every output and table write commits in one Kafka transaction
+with the offsets of the events that caused it. Faust's Kafka transport and its table recovery
+are adstream's subclasses (`streams.worker.kafka_transport`, `streams.worker.recovery`), set in
+the app's settings.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -34,28 +38,26 @@ from prometheus_client import generate_latest
 from models.codec import encode
 from streams.lookaside import StateView, cap_view, spend_view
 from streams.settings import Settings
-from streams.state import spend
 from streams.state.frequency import Impressions
 from streams.topics import Partitions, Topics
+from streams.vast.breaker import CircuitBreaker
 from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
+from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
-from streams.worker.faust_seam import (
-    FAILED_EXIT,
-    Committer,
-    SkippedEvents,
-    TransactionalSender,
-    TransactionIds,
-    check_restores,
-    event_context,
-    keep_fetched_records,
-    tune_clients,
-)
+from streams.worker.event_context import event_context
+from streams.worker.exit_status import FAILED_EXIT
+from streams.worker.faust_version import check_faust_version
+from streams.worker.kafka_transport import broker_url
 from streams.worker.lease_desk import LeaseDesk
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
-from streams.worker.tables import RawTable, Tables, frequency_key
+from streams.worker.recovery import RestoredTable, TableManager
+from streams.worker.skipped_events import SkippedEvents
+from streams.worker.status import DecisionRates, WorkerStatus, campaign_spend, worker_status
+from streams.worker.status_view import PAGE, status_view
+from streams.worker.tables import Tables, frequency_key
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +85,18 @@ def create_worker(
     resolver: Resolver,
     metrics: Metrics,
     lookaside: Lookaside | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> Worker:
-    tune_clients(
-        fetch_wait_ms=settings.fetch_wait_ms,
-        retry_backoff_ms=10,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-    )
-    keep_fetched_records()
-    check_restores()
+    """`breaker`: the resolver's, whose states the worker reports."""
+    check_faust_version()
     app = faust.App(
         # Faust names the consumer group, the changelogs, its assignor topic and the
         # transactional ids after the app id: with the prefix in it, deployments that
         # differ only in the prefix never meet on the cluster.
         settings.group_id,
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker=broker_url(
+            settings.kafka_bootstrap_servers, fetch_max_wait_ms=settings.fetch_wait_ms
+        ),
         broker_client_id=settings.group_id,
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=settings.data_dir,
@@ -118,7 +118,8 @@ def create_worker(
         # Decisions are ~2.5 KB (the VAST document rides along): aiokafka's 16 KB batches
         # made a batch of decisions wait on the broker once per handful of records.
         producer_max_batch_size=512 * 1024,
-        Table=RawTable,
+        Table=RestoredTable,
+        TableManager=TableManager,
     )
     topics = Topics.named(settings.topic_prefix)
     tables = Tables(app, partitions.requests)
@@ -239,11 +240,36 @@ def create_worker(
         (revoked,) = args
         decider.forget(revoked)
 
+    rates = DecisionRates(started=time.monotonic())
+
+    def current_status() -> WorkerStatus:
+        return worker_status(app, tables, view, topics, committer.committed(), breaker)
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         for name in ("seen", "frequency", "leases", "banks"):
             metrics.table_keys.labels(table=name).set(len(getattr(tables, name)))
+        metrics.show(current_status())
         return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def sample_decisions() -> None:
+        rates.observe(time.monotonic(), metrics.decision_totals())
+
+    @app.page("/adstream/status/")
+    async def status_page(web: Any, request: Any) -> Any:
+        return web.html(PAGE)
+
+    @app.page("/adstream/status.json")
+    async def status_json(web: Any, request: Any) -> Any:
+        view = status_view(
+            settings.group_id,
+            datetime.datetime.now(datetime.UTC),
+            current_status(),
+            metrics.decision_totals(),
+            rates.per_second(),
+        )
+        return web.bytes(encode(view), content_type=JSON)
 
     @app.page("/adstream/ready/")
     async def ready_page(web: Any, request: Any) -> Any:
@@ -263,7 +289,7 @@ def create_worker(
         rules = view.get(campaign_id)
         if rules is None:
             return web.bytes(encode(StateView(campaign_id, known=False)), content_type=JSON)
-        spent = spend.total(decider.desk.spend(campaign_id))
+        spent = campaign_spend(tables, campaign_id)
         cap = None
         user_id = request.query.get("user")
         if user_id and rules.caps:

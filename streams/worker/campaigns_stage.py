@@ -14,7 +14,7 @@ from typing import Any
 from faust.types import EventT
 
 from models.codec import InvalidEvent, decode_campaign_record
-from streams.worker.faust_seam import event_context
+from streams.worker.event_context import event_context
 from streams.worker.outputs import Outputs
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
-from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT
 
 from models.codec import (
@@ -59,11 +58,11 @@ from streams.state.decision_book import DecisionBook, Deny, Reservation, Wait
 from streams.state.expiry import ExpiryIndex, rebuilt
 from streams.state.frequency import Impressions
 from streams.state.leases import Covered
-from streams.topics import Topics
+from streams.topics import Topics, key_partition
 from streams.vast.errors import ResponseTooLarge
 from streams.vast.result import VastResult
 from streams.worker.campaign_view import CampaignView
-from streams.worker.faust_seam import event_context
+from streams.worker.event_context import event_context
 from streams.worker.lease_desk import LeaseDesk
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
@@ -75,6 +74,7 @@ from streams.worker.tables import (
     frequency_key,
     split_frequency_key,
 )
+from streams.worker.upstream_log import explain_upstream_error
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,7 @@ class Decider:
     def _bank_partition(self, campaign_id: str) -> int:
         """The partition of `budget-leases` a campaign's asks reach (Kafka's default
         partitioner of the key), where its bank lives."""
-        hashed: int = murmur2(campaign_id.encode())
-        return (hashed & 0x7FFFFFFF) % self.partitions
+        return key_partition(campaign_id, self.partitions)
 
     async def _end(self, batch: _Batch, requests_of_partition: Mapping[int, EventT[Any]]) -> None:
         await batch.finish(list(batch.pending))
@@ -405,6 +404,9 @@ class Decider:
             event, topic, request.campaign_id.encode(), value, request.context.timestamp
         )
         self.metrics.decision_latency.observe(time.perf_counter() - started)
+        # Wall clock against event time: how late decisions are, Kafka's backlog included.
+        event_age_s = time.time() - request.context.timestamp / 1000
+        self.metrics.event_latency.observe(max(0.0, event_age_s))
 
     async def resolve(self, rules: CampaignRules, request: AdRequest) -> VastResult:
         started = time.perf_counter()
@@ -417,6 +419,7 @@ class Decider:
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
         if result.status != "inline":
             self.metrics.upstream_errors.labels(code=str(result.error_code)).inc()
+            explain_upstream_error(rules, request, result)
         return result
 
 

@@ -21,7 +21,8 @@ from faust.types import EventT
 
 from models.codec import encode
 from models.events import SCHEMA_VERSION, DeadLetter
-from streams.worker.faust_seam import TransactionalSender
+from streams.dead_letters import identifiers_of
+from streams.worker.commit_protocol import TransactionalSender
 from streams.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Outputs:
             message.offset,
             reason,
             detail,
+            extra=identifiers_of(message.value).log_extra(),
         )
         key, letter = dead_letter_of(
             message.topic,
@@ -146,7 +148,10 @@ class Outputs:
         except OutputFailure:
             raise
         except Exception as exc:
-            log.exception("a message could not be processed; it goes to the dead letters")
+            log.exception(
+                "a message could not be processed; it goes to the dead letters",
+                extra=identifiers_of(source.message.value).log_extra(),
+            )
             await self.dead_letter(source, "unprocessable", f"{type(exc).__name__}: {exc}")
 
     async def delivered(self) -> None:

@@ -82,7 +82,9 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
         if settings.redis_url
         else None
     )
-    worker = create_worker(settings, partitions, upstreams, metrics, lookaside)
+    worker = create_worker(
+        settings, partitions, upstreams, metrics, lookaside, breaker=upstreams.breaker
+    )
     app = worker.app
 
     @app.on_before_shutdown.connect

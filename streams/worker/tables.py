@@ -30,7 +30,7 @@ from faust.types import EventT, TableT
 
 from streams.state.frequency import Impressions
 from streams.state.leases import Bank, Lease
-from streams.worker.faust_seam import event_context
+from streams.worker.event_context import event_context
 
 V = TypeVar("V", bound=msgspec.Struct)
 

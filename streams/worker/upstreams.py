@@ -6,6 +6,7 @@ from models.codec import MAX_RECORD_BYTES
 from models.events import AdRequest
 from streams.state.campaigns import CampaignRules
 from streams.vast.breaker import CircuitBreaker
+from streams.vast.memo import ResolverMemo
 from streams.vast.parse import DEFAULT_MAX_ADS
 from streams.vast.result import VastResult
 from streams.vast.retry import RetryPolicy
@@ -35,6 +36,8 @@ class CampaignUpstreams:
         self.retry = retry
         self.breaker = breaker
         """One for all campaigns: an ad server that is slow is slow for each of them."""
+        self.memo = ResolverMemo()
+        """One for all campaigns: campaigns of one ad server get the same documents back."""
         self._upstreams: dict[str, tuple[int, VastUpstream]] = {}
 
     def upstream_for(self, rules: CampaignRules) -> VastUpstream:
@@ -52,6 +55,7 @@ class CampaignUpstreams:
             max_ad_chars=MAX_RECORD_BYTES,
             retry=self.retry,
             breaker=self.breaker,
+            memo=self.memo,
         )
         self._upstreams[rules.campaign_id] = (rules.version, upstream)
         return upstream

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from infra.postgres_server import PostgresServer
 from models.events import AdDenied, AdRequest, AdServed
 from streams.audit.findings import Summary
 from streams.audit.window import Window, iso
@@ -18,6 +20,7 @@ from streams.topics import Topics
 from tests.audit.kafka import HistoryWriter, audit_topics, found, run_cli
 from tests.audit.support import URL, campaign, denied, request, served
 from tests.pipeline.harness import BASE_MS
+from tests.png import png_dimensions
 
 MINUTE = 60_000
 T = BASE_MS + 3_600_000
@@ -123,6 +126,26 @@ async def test_the_command_exits_1_listing_each_request(
             "spent": "0.008",
         },  # one overcharged
     ]
+
+
+async def test_the_command_draws_what_it_audited(
+    kafka_bootstrap: str, forged: Forged, tmp_path: Path
+) -> None:
+    plot = tmp_path / "audit.png"
+    result = await run_cli(kafka_bootstrap, forged.prefix, "--json", "--plot", str(plot))
+    assert result.returncode == 1, result.stderr  # the forgeries are still found
+    assert json.loads(result.stdout)["violations"]
+    assert f"plot: {plot}" in result.stderr
+    assert png_dimensions(plot)[0] == 1200
+
+
+async def test_a_postgresql_ledger_is_opened_as_such(
+    kafka_bootstrap: str, forged: Forged, postgres: PostgresServer
+) -> None:
+    empty = postgres.create_database(f"audit_{uuid.uuid4().hex}")
+    result = await run_cli(kafka_bootstrap, forged.prefix, "--ledger", empty)
+    assert result.returncode == 2, result.stderr
+    assert f"no ledger at {empty}" in result.stderr
 
 
 async def test_a_window_reports_only_what_lies_inside(kafka_bootstrap: str, forged: Forged) -> None:

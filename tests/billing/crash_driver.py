@@ -1,7 +1,9 @@
 """Test driver: run the real billing consumer and SIGKILL this process inside the Nth batch's
-SQLite transaction, after its rows are written and before COMMIT.
+ledger transaction, after its rows are written and before COMMIT.
 
     python -m tests.billing.crash_driver LEDGER TOPIC KILL_AT_BATCH BATCH_SIZE
+
+LEDGER is what `adstream billing --ledger` takes: an SQLite file or a postgresql:// URL.
 
 Just before dying it prints how many charges the open transaction holds, so the test can
 tell that rows really were written and then lost with the crash. Exits 0 if the topic was

@@ -22,7 +22,7 @@ from models.ad import Hop
 from models.codec import encode
 from models.events import SCHEMA_VERSION, AdServed
 from models.money import to_micros
-from streams.billing.ledger import Charge, Ledger
+from streams.billing.ledger import Charge, Ledger, LedgerError
 from streams.vast.result import ResolvedAd
 
 DAY_MS = 86_400_000
@@ -142,9 +142,18 @@ def expected_charges(events: Sequence[AdServed], placed: Sequence[tuple[int, int
     return sorted(charges, key=lambda charge: (charge.partition, charge.offset))
 
 
-def ledger_charges(path: Path) -> list[Charge]:
-    with Ledger.open(path, read_only=True) as ledger:
+def ledger_charges(target: str) -> list[Charge]:
+    with Ledger.open(target, read_only=True) as ledger:
         return list(ledger.charges())
+
+
+def charges_in(target: str) -> int:
+    """Charges in the ledger at `target`, 0 while it does not exist yet."""
+    try:
+        with Ledger.open(target, read_only=True) as ledger:
+            return ledger.counts().charges
+    except LedgerError:
+        return 0
 
 
 def billing_env(bootstrap: str, prefix: str) -> dict[str, str]:
@@ -210,8 +219,8 @@ class Expected:
         )
 
 
-def ledger_state(path: Path) -> Expected:
-    with Ledger.open(path, read_only=True) as ledger:
+def ledger_state(target: str) -> Expected:
+    with Ledger.open(target, read_only=True) as ledger:
         return Expected(
             list(ledger.charges()),
             [(d.partition, d.offset) for d in ledger.duplicates()],

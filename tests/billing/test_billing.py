@@ -5,6 +5,7 @@ a long run stopped by SIGTERM; clear errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sqlite3
@@ -13,10 +14,12 @@ from collections import Counter
 from pathlib import Path
 from subprocess import PIPE
 
+import httpx
 import msgspec
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra.process import free_port
 from models.codec import encode
@@ -29,6 +32,7 @@ from tests.billing.support import (
     Topic,
     billing_command,
     billing_env,
+    charges_in,
     expected_charges,
     ledger_charges,
     ledger_state,
@@ -38,20 +42,20 @@ from tests.billing.support import (
 )
 
 
-async def bill(topic: Topic, path: Path) -> consumer.Progress:
+async def bill(topic: Topic, target: str) -> consumer.Progress:
     """Run the consumer in this process until it has caught up."""
-    with Ledger.open(path) as ledger:
+    with Ledger.open(target) as ledger:
         return await consumer.run(
             topic.bootstrap, topic.name, ledger, asyncio.Event(), until_caught_up=True
         )
 
 
-async def test_the_ledger_equals_the_served_events(topic: Topic, tmp_path: Path) -> None:
+async def test_the_ledger_equals_the_served_events(topic: Topic, ledger_target: str) -> None:
     expected = await publish_mixed(topic, 600, seed=3)
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
     env = billing_env(topic.bootstrap, topic.prefix)
 
-    first = await run_billing(env, "--ledger", str(ledger), "--until-caught-up")
+    first = await run_billing(env, "--ledger", ledger, "--until-caught-up")
     assert first.returncode == 0, first.stderr
     assert ledger_state(ledger) == expected
     charges = len(expected.charges)
@@ -59,12 +63,12 @@ async def test_the_ledger_equals_the_served_events(topic: Topic, tmp_path: Path)
         first.stderr
     )
 
-    again = await run_billing(env, "--ledger", str(ledger), "--until-caught-up")
+    again = await run_billing(env, "--ledger", ledger, "--until-caught-up")
     assert again.returncode == 0, again.stderr
     assert f"({0} by this run)" in again.stderr
     assert ledger_state(ledger) == expected
 
-    report = await run_billing(env, "report", "--ledger", str(ledger), "--json")
+    report = await run_billing(env, "report", "--ledger", ledger, "--json")
     assert report.returncode == 0, report.stderr
     totals = msgspec.json.decode(report.stdout)
     by_currency: Counter[str] = Counter()
@@ -79,12 +83,12 @@ async def test_the_ledger_equals_the_served_events(topic: Topic, tmp_path: Path)
 
 
 async def test_a_request_id_served_twice_is_charged_once(
-    topic: Topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    topic: Topic, ledger_target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     first, other = served("camp-1"), served("camp-1")
     placed = await topic.publish([first, other, first])
     resent = await topic.publish([first])
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
     with caplog.at_level(logging.WARNING, logger="streams.billing"):
         progress = await bill(topic, ledger)
 
@@ -96,13 +100,13 @@ async def test_a_request_id_served_twice_is_charged_once(
     assert "duplicate AdServed" in logged[0].getMessage()
 
 
-async def test_aborted_transactions_are_never_charged(topic: Topic, tmp_path: Path) -> None:
+async def test_aborted_transactions_are_never_charged(topic: Topic, ledger_target: str) -> None:
     kept = [served() for _ in range(5)]
     placed = await topic.publish(kept[:3])
     await topic.publish([served() for _ in range(4)], abort=True)
     placed += await topic.publish(kept[3:])
     await topic.publish([served() for _ in range(4)], abort=True)  # the log ends aborted
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
 
     progress = await bill(topic, ledger)
 
@@ -118,7 +122,7 @@ async def test_aborted_transactions_are_never_charged(topic: Topic, tmp_path: Pa
 
 
 async def test_malformed_records_are_kept_and_billing_goes_on(
-    topic: Topic, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    topic: Topic, ledger_target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = [served(), served(cost="1.000001")]
     valid = msgspec.json.decode(encode(served()))
@@ -138,7 +142,7 @@ async def test_malformed_records_are_kept_and_billing_goes_on(
     placed_bad += await topic.publish_raw(records[4:])
     placed_good = [placed_bad.pop(4)]
     placed_good += await topic.publish(good[1:])
-    ledger = tmp_path / "ledger.db"
+    ledger = ledger_target
     with caplog.at_level(logging.WARNING, logger="streams.billing"):
         progress = await bill(topic, ledger)
 
@@ -165,10 +169,10 @@ async def test_malformed_records_are_kept_and_billing_goes_on(
     )
 
 
-async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger.db"
+async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, ledger_target: str) -> None:
+    ledger = ledger_target
     process = await asyncio.create_subprocess_exec(
-        *billing_command("--ledger", str(ledger)),
+        *billing_command("--ledger", ledger),
         env=billing_env(topic.bootstrap, topic.prefix),
         cwd=ROOT,
         stderr=PIPE,
@@ -178,7 +182,7 @@ async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, tmp_path: P
     for start in range(0, len(events), 10):
         placed += await topic.publish(events[start : start + 10])
         deadline = time.monotonic() + 20
-        while len(ledger_charges(ledger) if ledger.exists() else []) < start + 10:
+        while charges_in(ledger) < start + 10:
             assert process.returncode is None and time.monotonic() < deadline
             await asyncio.sleep(0.05)
     process.send_signal(signal.SIGTERM)
@@ -187,6 +191,43 @@ async def test_runs_until_sigterm_billing_what_arrives(topic: Topic, tmp_path: P
     assert process.returncode == 0, stderr.decode()
     assert "billing stopped: 40 charges in the ledger (40 by this run)" in stderr.decode()
     assert ledger_charges(ledger) == expected_charges(events, placed)
+
+
+def billing_gauges(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("adstream_billing_")
+    }
+
+
+async def test_metrics_show_the_charges_and_the_lag(topic: Topic, tmp_path: Path) -> None:
+    """`--metrics-port`: a scraper sees billing catch up (lag 0 once all 30 are charged)."""
+    port = free_port()
+    env = {**billing_env(topic.bootstrap, topic.prefix), "ADSTREAM_WEB_BIND": "127.0.0.1"}
+    process = await asyncio.create_subprocess_exec(
+        *billing_command("--ledger", str(tmp_path / "ledger.db"), "--metrics-port", str(port)),
+        env=env,
+        cwd=ROOT,
+        stderr=PIPE,
+    )
+    await topic.publish([served(at_ms=BASE_MS + i) for i in range(30)])
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while (
+            seen.get("adstream_billing_charges") != 30
+            or seen.get("adstream_billing_lag_records") != 0
+        ):
+            assert process.returncode is None and time.monotonic() < deadline, seen
+            with contextlib.suppress(httpx.HTTPError):  # until it listens
+                seen = billing_gauges((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+            await asyncio.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, stderr.decode()
+    assert seen["adstream_billing_duplicates"] == seen["adstream_billing_rejected"] == 0
 
 
 async def test_clear_errors(topic: Topic, tmp_path: Path) -> None:
@@ -222,14 +263,14 @@ async def test_clear_errors(topic: Topic, tmp_path: Path) -> None:
     assert no_ledger.returncode == 1
     assert "Error: no ledger at" in no_ledger.stderr
     assert usage.returncode == 2
-    assert "--ledger PATH is required" in usage.stderr
+    assert "--ledger LEDGER is required" in usage.stderr
     # A failed start bound the ledger to no topic: the right prefix can still use it.
     with Ledger.open(tmp_path / "typo.db", read_only=True) as typo:
         assert typo.topic is None
 
 
-async def test_records_gone_from_the_log_stop_billing(topic: Topic, tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger.db"
+async def test_records_gone_from_the_log_stop_billing(topic: Topic, ledger_target: str) -> None:
+    ledger = ledger_target
     first = await topic.publish([served("camp-1") for _ in range(3)])
     await bill(topic, ledger)
     later = await topic.publish([served("camp-1") for _ in range(3)])

@@ -1,15 +1,20 @@
-"""The SQLite ledger on its own: all-or-nothing batches, charges idempotent by request_id,
-refusals with clear messages, totals per campaign, currency and UTC day."""
+"""The ledger on its own, SQLite and PostgreSQL alike: all-or-nothing batches, charges
+idempotent by request_id, a second writer waits and is refused, refusals with clear messages,
+totals per campaign, currency and UTC day."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from infra.postgres_server import PostgresServer
+from infra.process import free_port
 from streams.billing.ledger import (
     SCHEMA_VERSION,
     Charge,
@@ -41,8 +46,8 @@ def utc_day(ms: int) -> str:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / "ledger.db") as opened:
+def ledger(ledger_target: str) -> Iterator[Ledger]:
+    with Ledger.open(ledger_target) as opened:
         yield opened
 
 
@@ -90,6 +95,33 @@ def test_records_already_read_past_are_refused(ledger: Ledger) -> None:
     assert [c.request_id for c in ledger.charges()] == ["req-1"]
 
 
+def test_a_second_writer_waits_for_the_first_and_sees_its_offsets(
+    ledger: Ledger, ledger_target: str
+) -> None:
+    outcome: list[BaseException | None] = []
+
+    def second_writer() -> None:
+        with Ledger.open(ledger_target) as other:
+            try:
+                other.record_batch([charge("req-2", 3)], {0: 4})
+                outcome.append(None)
+            except LedgerError as exc:
+                outcome.append(exc)
+
+    def while_uncommitted() -> None:
+        writer.start()
+        writer.join(1.0)
+        assert writer.is_alive(), "the second writer did not wait for the first's commit"
+
+    writer = threading.Thread(target=second_writer)
+    ledger.record_batch([charge("req-1", 0)], {0: 5}, before_commit=while_uncommitted)
+    writer.join(30)
+    assert not writer.is_alive()
+    assert isinstance(outcome[0], LedgerConflict), outcome
+    assert [c.request_id for c in ledger.charges()] == ["req-1"]
+    assert ledger.offsets() == {0: 5}
+
+
 def test_charges_come_in_topic_order(ledger: Ledger) -> None:
     ledger.record_batch([charge("b", 0, partition=1), charge("a", 7)], {0: 8, 1: 1})
     ledger.record_batch([charge("c", 8), charge("d", 1, partition=1)], {0: 9, 1: 2})
@@ -117,23 +149,23 @@ def test_totals_per_campaign_currency_and_utc_day(ledger: Ledger) -> None:
     ]
 
 
-def test_the_ledger_is_tied_to_one_topic(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "ledger.db") as ledger:
+def test_the_ledger_is_tied_to_one_topic(ledger_target: str) -> None:
+    with Ledger.open(ledger_target) as ledger:
         ledger.bind("a-ad-served")
         ledger.bind("a-ad-served")
         with pytest.raises(LedgerError, match="bills topic 'a-ad-served', not 'b-ad-served'"):
             ledger.bind("b-ad-served")
-    with Ledger.open(tmp_path / "ledger.db", read_only=True) as ledger:
+    with Ledger.open(ledger_target, read_only=True) as ledger:
         assert ledger.topic == "a-ad-served"
 
 
-def test_read_only_sees_committed_charges_and_cannot_write(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger.open(path) as writer, Ledger.open(path, read_only=True) as reader:
+def test_read_only_sees_committed_charges_and_cannot_write(ledger_target: str) -> None:
+    with Ledger.open(ledger_target) as writer, Ledger.open(ledger_target, read_only=True) as reader:
         writer.record_batch([charge("req-1", 0)], {0: 1})
         assert list(reader.charges()) == [charge("req-1", 0)]
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(LedgerError, match=r"cannot write to the ledger .* read-?only"):
             reader.record_batch([charge("req-2", 1)], {0: 2})
+        assert writer.offsets() == {0: 1}
 
 
 def test_files_that_are_not_this_ledger_are_refused(tmp_path: Path) -> None:
@@ -163,3 +195,33 @@ def test_files_that_are_not_this_ledger_are_refused(tmp_path: Path) -> None:
         Ledger.open(newer)
     with pytest.raises(LedgerError, match=f"schema version {SCHEMA_VERSION + 1}"):
         Ledger.open(newer, read_only=True)
+
+
+def test_postgresql_databases_that_are_not_this_ledger_are_refused(
+    postgres: PostgresServer,
+) -> None:
+    empty = postgres.create_database("not_a_ledger")
+    with pytest.raises(LedgerError, match="no ledger at postgresql://adstream@"):
+        Ledger.open(empty, read_only=True)
+    with psycopg.connect(empty, autocommit=True) as db:
+        db.execute("CREATE SCHEMA adstream_billing")
+    with pytest.raises(LedgerError, match=r"schema adstream_billing .* not an adstream billing"):
+        Ledger.open(empty)
+
+    newer = postgres.create_database("newer_ledger")
+    Ledger.open(newer).close()
+    with psycopg.connect(newer, autocommit=True) as db:
+        db.execute(
+            "UPDATE adstream_billing.meta SET value = %s WHERE key = 'schema_version'",
+            (str(SCHEMA_VERSION + 1),),
+        )
+    for read_only in (False, True):
+        with pytest.raises(LedgerError, match=f"schema version {SCHEMA_VERSION + 1}"):
+            Ledger.open(newer, read_only=read_only)
+
+    unreachable = f"postgresql://billing:s3cret@127.0.0.1:{free_port()}/ledger"
+    with pytest.raises(
+        LedgerError, match=r"cannot open the ledger postgresql://billing:\*\*\*@"
+    ) as refused:
+        Ledger.open(unreachable)
+    assert "s3cret" not in str(refused.value)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import KafkaBroker, ensure_jars, metadata_answered
+from infra.broker import KafkaBroker, ensure_jars, jars_dir, metadata_answered
 from infra.errors import JarDownloadError, PortInUse, PrerequisiteMissing, ServiceStartError
 from infra.process import pid_alive
 from infra.redis_server import RedisServer
@@ -69,7 +69,7 @@ def test_failed_jar_download_points_at_maven_log(tmp_path: Path) -> None:
     assert failure.value.log_path.is_file()
     assert "0.0.0-no-such-version" in failure.value.log_path.read_text()
     # Nothing half-downloaded may pass for a complete cache next time.
-    assert not (tmp_path / "kafka-0.0.0-no-such-version" / "jars").exists()
+    assert not jars_dir("0.0.0-no-such-version", cache=tmp_path).exists()
 
 
 def test_broker_that_dies_at_start_reports_its_log_and_leaves_nothing(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """A restarted worker restores its tables from the changelogs completely and without the
-10 s wait Faust's recovery used to end on (`streams.worker.faust_seam`, item 10), and what it
+10 s wait Faust's recovery used to end on (`streams.worker.recovery`, item 10), and what it
 restored ages out by event time like the rest."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Faust's stall monitor sees adstream's commits: a busy worker that commits is not logged
 as stalled.
 
-adstream commits offsets in its own transactions (`streams.worker.faust_seam.Committer`), past
-the bookkeeping Faust's monitor reads; a worker that had run `ADSTREAM_STALL_WARNING_S`
+adstream commits offsets in its own transactions (`streams.worker.commit_protocol.Committer`),
+past the bookkeeping Faust's monitor reads; a worker that had run `ADSTREAM_STALL_WARNING_S`
 (default 5 minutes) with requests waiting logged "Has not committed ..." errors many times a
 second, 17,000 in the first 11 minutes of a big run."""
 

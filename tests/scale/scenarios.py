@@ -51,7 +51,7 @@ from models.money import to_micros
 from streams.decision_reader import Decision
 from streams.invariants import budget_violations, cap_violations, spend_by_campaign
 from streams.lookaside import CapView, cached_spend, cap_key, spend_key
-from streams.worker.faust_seam import FAILED_EXIT
+from streams.worker.exit_status import FAILED_EXIT
 from streams.worker.outputs import KEPT_KEY_BYTES, KEPT_VALUE_BYTES
 from streams.worker.process import WorkerFailed, WorkerProcess
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request

@@ -11,7 +11,7 @@ import pytest
 
 from models.context import SessionContext
 from streams.vast import CircuitBreaker, VastUpstream
-from streams.vast.breaker import MAX_LAG_S, MAX_TRACKED_ENDPOINTS, endpoint_of
+from streams.vast.breaker import MAX_LAG_S, MAX_TRACKED_ENDPOINTS, EndpointState, endpoint_of
 from tests.upstream import VastServer, inline, vast
 
 SLOW = "http://ads.example:8080/vast?id=1"
@@ -149,6 +149,24 @@ def test_endpoints_remembered_are_bounded(breaker: CircuitBreaker) -> None:
         breaker.timed_out("http://host-0.example/", lag=0.0)  # forgotten: counts from zero again
     assert not breaker.allows("http://host-0.example/")
     assert len(breaker) == MAX_TRACKED_ENDPOINTS
+
+
+def test_states_list_open_endpoints_first_and_are_bounded(breaker: CircuitBreaker) -> None:
+    """What the worker's metrics and status page report: bounded, whatever wrappers name."""
+    assert breaker.states(most=10) == [] and breaker.open_count() == 0
+    breaker.timed_out("http://a.example/x", lag=0.0)
+    time_out(breaker, 3)  # SLOW opens
+    for _ in range(2):
+        breaker.timed_out("http://b.example/y?q=1", lag=0.0)
+    assert breaker.states(most=10) == [
+        EndpointState("http://ads.example:8080/vast", open=True, timeouts=3),
+        EndpointState("http://b.example/y", open=False, timeouts=2),
+        EndpointState("http://a.example/x", open=False, timeouts=1),
+    ]
+    assert breaker.states(most=1) == breaker.states(most=10)[:1]
+    assert breaker.open_count() == 1
+    breaker.answered(SLOW)
+    assert breaker.open_count() == 0 and len(breaker.states(most=10)) == 2
 
 
 def test_bad_settings_are_refused() -> None:

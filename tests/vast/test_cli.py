@@ -129,7 +129,11 @@ async def test_the_ssrf_guard_is_turned_on_by_option_or_environment(
     ("args", "env", "message"),
     [
         (("--allowed-networks", "intranet"), {}, "Invalid value for '--allowed-networks'"),
-        ((), {"ADSTREAM_ALLOWED_NETWORKS": "10.0.0.1/8"}, "allowed_networks: 10.0.0.1/8 has"),
+        (
+            (),
+            {"ADSTREAM_ALLOWED_NETWORKS": "10.0.0.1/8"},
+            "ADSTREAM_ALLOWED_NETWORKS='10.0.0.1/8': 10.0.0.1/8 has",
+        ),
     ],
 )
 async def test_a_bad_network_is_a_clear_error(

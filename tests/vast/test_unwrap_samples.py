@@ -196,3 +196,17 @@ async def test_the_unwrapped_document(cases: dict[str, Case], name: str) -> None
     for ad in unwrapped["ads"]:
         if ad["id"] in chain_ads:
             assert ad["trackers"] == chain_ads[ad["id"]], ad["id"]
+
+
+async def test_a_sample_served_again_from_the_memo_is_what_was_built(
+    cases: dict[str, Case],
+) -> None:
+    context = SessionContext.create({"user_id": "u-2"})
+    async with VastUpstream(fire_error_pixels=False) as upstream:
+        for name, case in cases.items():
+            first = await upstream.fetch(case.url, context=context)
+            again = await upstream.fetch(case.url, context=context)
+            assert (again.status, again.error_code) == (first.status, first.error_code), name
+            assert again.ads == first.ads == case.result.ads, name
+            if again.ads:
+                assert again.ads is first.ads, name  # the memo's
