@@ -685,9 +685,11 @@ class BudgetBank:
             free = self._free(bank, key)
             if waiter is None or free is None:
                 continue
-            settled = waiter.deferred and not self._elsewhere(bank, partition)
-            if free[0] > 0 or settled:
-                # A waiter already answered short hears only of money.
+            if free[0] > 0 or waiter.deferred:
+                # A waiter already answered short hears only of money; one not answered yet
+                # is, once no partition may return more, and meanwhile every partition the
+                # bank believes holds money is asked for it (spend reports lag, so one
+                # reclaimed before may hold more by now).
                 events += self._serve(bank, partition, key, answer=waiter.deferred)
         return events
 
