@@ -15,9 +15,10 @@ from models.money import to_micros
 from streams.state.frequency import ALLOWED_LATENESS_MS
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
 
-RESTORE_S = 7.0
+RESTORE_S = 9.5
 """Start to ready with tables to restore. Before the fix, recovery alone took over 10 s: it
-waited for the commit marker that ends every transactional changelog."""
+waited for the commit marker that ends every transactional changelog. Ready takes 2-5 s on a
+quiet machine and passed 7 s on a busy one; the bound stays below the wait it guards against."""
 
 
 HISTORY_S = 60
