@@ -39,7 +39,7 @@ from models.codec import encode
 from streams.lookaside import StateView, cap_view, spend_view
 from streams.settings import Settings
 from streams.state.frequency import Impressions
-from streams.topics import Partitions, Topics
+from streams.topics import Partitions, Topics, key_partition
 from streams.vast.breaker import CircuitBreaker
 from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
@@ -284,15 +284,17 @@ def create_worker(
 
     @app.page("/adstream/state/{campaign_id}/")
     async def state_page(web: Any, request: Any, campaign_id: str) -> Any:
-        """The lookaside's fallback: a campaign's rules, what the leases this worker holds
-        have spent, and with ?user= a user's caps (if the user's partition is here)."""
+        """The lookaside's fallback: a campaign's rules, what the leases of the partitions
+        this worker owns have spent (a campaign's spend is the sum over the workers), and
+        with ?user= the user's caps when the user's partition is one of them."""
         rules = view.get(campaign_id)
         if rules is None:
             return web.bytes(encode(StateView(campaign_id, known=False)), content_type=JSON)
-        spent = campaign_spend(tables, campaign_id)
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.requests}
+        spent = campaign_spend(tables, campaign_id, owned)
         cap = None
         user_id = request.query.get("user")
-        if user_id and rules.caps:
+        if user_id and rules.caps and key_partition(user_id, partitions.requests) in owned:
             entry = tables.frequency.get(frequency_key(campaign_id, user_id))
             cap = cap_view(entry.impressions if entry else Impressions(), rules)
         view_ = StateView(campaign_id, True, rules.version, spend_view(spent, rules), cap)

@@ -10,7 +10,7 @@ it, reads every decision back with a read_committed consumer and audits (`audit`
 - no frequency cap and no budget exceeded (recomputed from the served decisions alone);
 - the spend in the worker's tables equal to the sum of the served costs, to the micro;
 - every broken input in the DLQ with its reason; nothing lost;
-- where the outcome does not depend on how the route stage interleaves users (campaigns with
+- where the outcome does not depend on how partitions interleave users (campaigns with
   caps but no budget; budget-only uncapped campaigns by count), the decisions equal those of
   a one-at-a-time reference: the fault changed no decision.
 
@@ -607,7 +607,7 @@ async def scale_out(env: Env, size: Size) -> Result:
     """Two workers in one consumer group share 8 partitions of 8 campaigns (caps only,
     budget only, caps and a daily budget, caps with anonymous users uncapped). While
     requests flow (~35 s of publishing), a third worker joins (a rebalance), then the worker
-    holding the most `requests-by-campaign` partitions is SIGKILLed. Measured: the time from
+    holding the most `ad-requests` partitions is SIGKILLed. Measured: the time from
     the kill to the first decision on one of its partitions (the broker notices the death
     after the 10 s session timeout, the group rebalances, the new owners restore the tables
     from their changelogs) and from starting the added worker to its being ready."""
