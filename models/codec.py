@@ -23,6 +23,7 @@ from models.events import (
     AdRequest,
     Campaign,
 )
+from models.leases import LeaseRecord
 from models.money import CPM_MAX_PLACES, MoneyError, from_micros, to_micros
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -130,6 +131,12 @@ def _check_schema(data: bytes) -> None:
         return
     if schema is not None and schema != SCHEMA_VERSION:
         raise InvalidEvent("schema_version", f"schema {schema} is not supported (only 1)")
+
+
+def decode_lease_record(data: bytes) -> LeaseRecord:
+    """A `budget-leases` record (its money still decimal strings)."""
+    record: LeaseRecord = decode(data, cast(Any, LeaseRecord))
+    return record
 
 
 def decode_request(data: bytes) -> AdRequest:

@@ -68,17 +68,17 @@ def _quiet(logger_name: str) -> Iterator[None]:
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Partitions:
     """Create what is missing (campaigns compacted) and return the partition counts in force.
 
-    `requests-by-campaign` must be partitioned exactly like `campaigns`: the decide stage
-    reads both as one stream, and a campaign's requests must meet its rules and state.
+    `budget-leases` must be partitioned exactly like `ad-requests`: the worker reads both as
+    one stream, and a grant reaches the lease of the partition it names.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        existing = await partition_counts(admin, [*topics.public, topics.by_campaign])
-        campaign_partitions = existing.get(topics.campaigns, partitions)
+        existing = await partition_counts(admin, list(topics.public))
+        request_partitions = existing.get(topics.requests, partitions)
         wanted = {name: partitions for name in topics.public}
-        wanted[topics.campaigns] = campaign_partitions
-        wanted[topics.by_campaign] = campaign_partitions
+        wanted[topics.requests] = wanted[topics.leases] = request_partitions
+        wanted[topics.campaigns] = existing.get(topics.campaigns, partitions)
         missing = [
             NewTopic(
                 name,
@@ -93,13 +93,13 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> Part
             # Another worker of the group may have created them first.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-        counts = await _created(admin, [topics.requests, topics.by_campaign])
-        if counts[topics.by_campaign] != campaign_partitions:
+        counts = await _created(admin, [topics.requests, topics.campaigns, topics.leases])
+        if counts[topics.leases] != counts[topics.requests]:
             raise RuntimeError(
-                f"{topics.by_campaign} has {counts[topics.by_campaign]} partitions but "
-                f"{topics.campaigns} has {campaign_partitions}; they must match"
+                f"{topics.leases} has {counts[topics.leases]} partitions but "
+                f"{topics.requests} has {counts[topics.requests]}; they must match"
             )
-        return Partitions(requests=counts[topics.requests], campaigns=campaign_partitions)
+        return Partitions(requests=counts[topics.requests], campaigns=counts[topics.campaigns])
     finally:
         await admin.close()
 

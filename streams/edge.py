@@ -121,7 +121,7 @@ class EdgePublisher:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, wait_for_decisions: bool = True) -> EdgePublisher:
-        topics = Topics.named(settings.topic_prefix, settings.app_id)
+        topics = Topics.named(settings.topic_prefix)
         return cls(settings.kafka_bootstrap_servers, topics, wait_for_decisions=wait_for_decisions)
 
     async def __aenter__(self) -> Self:

@@ -3,7 +3,8 @@
 Keys (all with a TTL, so Redis never fills up):
 
     <prefix>adstream:cap:<campaign_id>:<user_id>   -> `CapView`    (TTL: longest window + 1 h)
-    <prefix>adstream:spend:<campaign_id>           -> `SpendView`  (TTL: 2 days)
+    <prefix>adstream:spend:<campaign_id>           -> hash: partition -> `SpendView` of its
+                                                      lease (TTL: 2 days)
 
 Cap views are written when a capped campaign serves. The worker records impressions of
 uncapped campaigns too (a cap added later counts them) but writes no view of them: after an
@@ -104,7 +105,8 @@ class StateChanges(msgspec.Struct):
         default_factory=dict
     )
     """Per (campaign_id, user_id) of a capped campaign: the user's impressions now."""
-    spend: dict[str, tuple[Spend, CampaignRules]] = msgspec.field(default_factory=dict)
+    spend: dict[tuple[str, int], tuple[Spend, CampaignRules]] = msgspec.field(default_factory=dict)
+    """Per (campaign_id, partition): what the partition's lease has spent now."""
 
 
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
@@ -132,7 +134,8 @@ class RedisLookaside:
         self.prefix = prefix
         self.errors = errors
         """Counts failed writes (the worker's `adstream_redis_errors`)."""
-        self._queued: dict[str, tuple[bytes, int]] = {}
+        self._queued: dict[tuple[str, str | None], tuple[bytes, int]] = {}
+        """(key, hash field or None) -> (value, TTL in seconds)."""
         self._writer: asyncio.Task[None] | None = None
         self._encoder = msgspec.json.Encoder()
 
@@ -140,12 +143,12 @@ class RedisLookaside:
         """Queue the batch's changes; a single background writer sends them."""
         for (campaign_id, user_id), (impressions, rules) in changes.caps.items():
             view = cap_view(impressions, rules)
-            self._queued[cap_key(self.prefix, campaign_id, user_id)] = (
+            self._queued[(cap_key(self.prefix, campaign_id, user_id), None)] = (
                 self._encoder.encode(view),
                 cap_ttl_s(view.caps),
             )
-        for campaign_id, (spent, rules) in changes.spend.items():
-            self._queued[spend_key(self.prefix, campaign_id)] = (
+        for (campaign_id, partition), (spent, rules) in changes.spend.items():
+            self._queued[(spend_key(self.prefix, campaign_id), str(partition))] = (
                 self._encoder.encode(spend_view(spent, rules)),
                 SPEND_TTL_S,
             )
@@ -157,8 +160,12 @@ class RedisLookaside:
             batch, self._queued = self._queued, {}
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for key, (value, ttl) in batch.items():
-                        pipe.set(key, value, ex=ttl)
+                    for (key, field), (value, ttl) in batch.items():
+                        if field is None:
+                            pipe.set(key, value, ex=ttl)
+                        else:
+                            pipe.hset(key, field, value)
+                            pipe.expire(key, ttl)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 if self.errors is not None:
@@ -175,6 +182,12 @@ class RedisLookaside:
             await asyncio.wait([self._writer], timeout=1.0)
             self._writer.cancel()
         await self.client.aclose()
+
+
+async def cached_spend(client: aioredis.Redis, key: str) -> list[SpendView]:
+    """The spend views of every partition's lease Redis holds under `key` (`spend_key`)."""
+    fields = await client.hgetall(key)
+    return [msgspec.json.decode(raw, type=SpendView) for raw in fields.values()]
 
 
 class LookasideClient:
@@ -202,20 +215,26 @@ class LookasideClient:
         return frequency.blocking_cap(view.times, view.caps, at_ms) is not None
 
     async def is_exhausted(self, campaign_id: str, at_ms: int) -> bool:
-        """Whether one more impression at event time `at_ms` would exceed a budget."""
-        raw = await self._redis_get(spend_key(self.prefix, campaign_id))
-        if raw is not None:
-            view = msgspec.json.decode(raw, type=SpendView)
-        else:
+        """Whether one more impression at event time `at_ms` would exceed a budget: the sum
+        of what every partition's lease has spent, as the worker last wrote it."""
+        views = await self._redis_spend(spend_key(self.prefix, campaign_id))
+        if not views:
             state = await self._ask_worker(campaign_id, None)
             if state.spend is None:
                 return not state.known
-            view = state.spend
-        spent = Spend(view.lifetime, dict(view.daily), view.oldest_day)
+            views = [state.spend]
+        spent = spend.total(Spend(v.lifetime, dict(v.daily), v.oldest_day) for v in views)
+        rules = views[0]  # every partition writes the rules in force with its spend
         return (
-            spend.exceeded_budget(spent, view.cost, at_ms, view.lifetime_limit, view.daily_limit)
+            spend.exceeded_budget(spent, rules.cost, at_ms, rules.lifetime_limit, rules.daily_limit)
             is not None
         )
+
+    async def _redis_spend(self, key: str) -> list[SpendView]:
+        try:
+            return await cached_spend(self.redis, key)
+        except (RedisError, OSError):
+            return []
 
     async def _redis_get(self, key: str) -> bytes | None:
         try:
@@ -232,9 +251,6 @@ class LookasideClient:
         encoder = msgspec.json.Encoder()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                if state.spend is not None:
-                    pipe.set(spend_key(self.prefix, campaign_id), encoder.encode(state.spend),
-                             ex=SPEND_TTL_S)  # fmt: skip
                 if state.cap is not None and user_id is not None:
                     pipe.set(cap_key(self.prefix, campaign_id, user_id),
                              encoder.encode(state.cap), ex=cap_ttl_s(state.cap.caps))  # fmt: skip

@@ -155,7 +155,7 @@ class Settings(msgspec.Struct, frozen=True):
     @property
     def group_id(self) -> str:
         """The consumer group, and Faust's app id: the start of every internal topic name
-        (changelogs, `requests-by-campaign`, Faust's assignor topic) and transactional id."""
+        (changelogs, Faust's assignor topic) and transactional id."""
         return f"{self.topic_prefix}{self.app_id}"
 
     @classmethod

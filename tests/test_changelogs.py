@@ -16,12 +16,12 @@ from streams.worker.tables import Tables, changelog_partitions
 
 async def test_changelogs_created_as_faust_would(kafka_bootstrap: str, unique_name: str) -> None:
     app = faust.App(unique_name, broker=f"kafka://{kafka_bootstrap}", store="memory://")
-    tables = Tables(app, requests_partitions=3, campaign_partitions=2)
+    tables = Tables(app, 3)
     declared = {
         typed.table.changelog_topic.get_topic_name(): typed.table.partitions
-        for typed in (tables.seen, tables.campaigns, tables.frequency, tables.spend)
+        for typed in (tables.seen, tables.frequency, tables.leases, tables.banks)
     }
-    wanted = changelog_partitions(unique_name, requests=3, campaigns=2)
+    wanted = changelog_partitions(unique_name, 3)
     assert declared == wanted
 
     await ensure_changelogs(kafka_bootstrap, wanted)

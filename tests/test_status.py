@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.state.campaigns import CampaignRules
 from streams.state.spend import Spend, charge
+from streams.topics import key_partition
 from streams.vast.breaker import EndpointState
 from streams.worker.metrics import Metrics
 from streams.worker.status import (
@@ -18,7 +19,6 @@ from streams.worker.status import (
     DecisionRates,
     PartitionStatus,
     WorkerStatus,
-    campaign_partition,
     campaign_status,
 )
 from streams.worker.status_view import Money, campaign_view
@@ -69,7 +69,7 @@ def test_campaigns_live_where_kafkas_producers_put_their_records(
     campaign_id: str, partitions: int
 ) -> None:
     expected = DefaultPartitioner()(campaign_id.encode(), list(range(partitions)), [])
-    assert campaign_partition(campaign_id, partitions) == expected
+    assert key_partition(campaign_id, partitions) == expected
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -5,7 +5,7 @@ topics and partitions (offset order within a partition, as Kafka gives them); `f
 rebuilds what the worker knew from the events alone and checks each decision inside the
 window:
 
-- requests are validated exactly as the worker's route stage does (`decode_request`,
+- requests are validated exactly as the worker's decision stage does (`decode_request`,
   `check_event_time`); invalid ones belong to the DLQ and need no decision;
 - a request_id seen again within 24 h of event time (docs/design.md) needs no second decision;
   one seen again later may get one (the worker remembers ids at least that long);
@@ -360,9 +360,12 @@ class _Verification:
             t=payload["timestamp"],
             rules=rules,
             impressions=None,
-            spent=None,
         )
         refused = verdict.reason if isinstance(verdict, Deny) else None
+        if refused is None and spend.exceeded_budget(
+            spend.Spend(), rules.cost_micros, payload["timestamp"], *rules.budgets
+        ):
+            refused = "budget_exhausted"
         if decision.topic == "served":
             if refused is not None:
                 self.flag(

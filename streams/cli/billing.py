@@ -71,7 +71,7 @@ def billing_group(
         raise click.UsageError("--ledger LEDGER is required", ctx)
     settings = settings_from_env(as_json=as_json)
     logs.configure(settings.log_level)
-    topic = Topics.named(settings.topic_prefix, settings.app_id).served
+    topic = Topics.named(settings.topic_prefix).served
     metrics = None
     if metrics_port is not None:
         metrics = BillingMetrics()

@@ -36,7 +36,7 @@ def load(path: Path, as_json: bool) -> None:
         campaigns = read_campaigns(path)
     except CampaignFileError as exc:
         raise CommandFailed(str(exc), as_json=as_json) from exc
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    topics = Topics.named(settings.topic_prefix)
     reach_broker(settings, as_json=as_json)
 
     async def publish() -> list[int]:
@@ -89,7 +89,7 @@ def show(campaign_id: str, as_json: bool) -> None:
 
 
 def _statuses(settings: Settings, as_json: bool) -> list[CampaignStatus]:
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    topics = Topics.named(settings.topic_prefix)
     in_force = CampaignsInForce()
     tally = SpendTally(time.time_ns() // 1_000_000)
     handlers = {

@@ -85,7 +85,7 @@ def tail(
     as they come, until Ctrl-C. Settings from the environment (KAFKA_BOOTSTRAP_SERVERS,
     ADSTREAM_TOPIC_PREFIX). Each partition's records come in offset order."""
     settings = settings_from_env()
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    topics = Topics.named(settings.topic_prefix)
     names: dict[str, Source] = {topics.served: "served", topics.denied: "denied"}
     if dlq:
         names[topics.dlq] = "dlq"

@@ -91,7 +91,7 @@ async def run_demo(bootstrap: str, redis_url: str, options: DemoOptions, work_di
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     settings = _settings(bootstrap, redis_url, work_dir)
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    topics = Topics.named(settings.topic_prefix)
     upstream = DemoUpstream()
     reader = DecisionReader(bootstrap, topics)
     worker = WorkerProcess.for_settings(settings, work_dir / "worker.log")

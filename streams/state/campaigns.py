@@ -34,6 +34,11 @@ class CampaignRules(msgspec.Struct, frozen=True):
     """True when the campaign is uncapped for anonymous users (policy `uncapped`)."""
 
     @property
+    def budgets(self) -> tuple[int | None, int | None]:
+        """(lifetime, daily) in micros; None where there is no such budget."""
+        return self.lifetime_micros, self.daily_micros
+
+    @property
     def longest_window_ms(self) -> int:
         return max((cap.window_ms for cap in self.caps), default=0)
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.events import DenialReason
-from streams.state import frequency, spend
+from streams.state import frequency
 from streams.state.campaigns import CampaignRules
 from streams.state.frequency import Impressions
-from streams.state.spend import Spend
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +65,6 @@ class Reservation:
         """What serving it does to its user's impressions of its campaign (if `recorded`)."""
         frequency.record(impressions, self.t, self.keep_ms, self.keep_count)
 
-    def charge(self, spent: Spend) -> None:
-        """What serving it does to its campaign's spend."""
-        spend.charge(spent, self.cost, self.t)
-
 
 class DecisionBook:
     """The reservations pending in one worker; `evaluate` weighs a request against them."""
@@ -98,10 +93,10 @@ class DecisionBook:
         t: int,
         rules: CampaignRules | None,
         impressions: Impressions | None,
-        spent: Spend | None,
         aged_out_by: int | None = None,
     ) -> Verdict:
-        """The verdict for one request; `impressions` and `spent` are the committed state.
+        """The verdict of the rules and caps for one request (its budget is its partition's
+        lease: `streams.state.leases`); `impressions` is the committed state.
 
         `aged_out_by`: the watermark by which cap state of the request's partition was last
         aged out (`ExpiryIndex.swept`), None if none was: the request's key may have been
@@ -125,7 +120,7 @@ class DecisionBook:
             )
             if verdict is not None:
                 return verdict
-        return self._check_budget(rules, t, spent or Spend()) or Reserve(rules.cost_micros)
+        return Reserve(rules.cost_micros)
 
     def _check_caps(
         self,
@@ -157,24 +152,6 @@ class DecisionBook:
                 frequency.blocking_cap(with_pending.times, rules.caps, t) is not None
             ):
                 return Wait(frozenset(r.request_id for r in mine))
-        return None
-
-    def _check_budget(self, rules: CampaignRules, t: int, spent: Spend) -> Verdict | None:
-        limits = (rules.lifetime_micros, rules.daily_micros)
-        if limits == (None, None):
-            return None
-        exceeded = spend.exceeded_budget(spent, rules.cost_micros, t, *limits)
-        if exceeded is not None:
-            return Deny("budget_exhausted", exceeded)
-        ours = [r for r in self._pending.values() if r.campaign_id == rules.campaign_id]
-        if not ours:
-            return None
-        # As if every pending one were served: a later day among them also drops old days.
-        with_pending = Spend(spent.lifetime, dict(spent.daily), spent.oldest_day)
-        for r in ours:
-            r.charge(with_pending)
-        if spend.exceeded_budget(with_pending, rules.cost_micros, t, *limits):
-            return Wait(frozenset(r.request_id for r in ours))
         return None
 
     def reservation_for(

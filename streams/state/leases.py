@@ -41,8 +41,16 @@ from dataclasses import dataclass
 
 import msgspec
 
+from models.leases import (
+    LeaseAskRecord,
+    LeaseGrantRecord,
+    LeaseReclaimRecord,
+    LeaseRecord,
+    LeaseReturnRecord,
+)
+from models.money import from_micros, to_micros
 from streams.state.campaigns import CampaignRules
-from streams.state.spend import DAYS_KEPT, MS_PER_DAY, utc_day
+from streams.state.spend import DAYS_KEPT, MS_PER_DAY, Spend, utc_day
 
 LIFETIME = -1
 """The account of a campaign without a daily budget (others have one per UTC day)."""
@@ -66,8 +74,10 @@ class Policy(msgspec.Struct, frozen=True):
     """A partition whose event time lags the campaign's this much is idle: reclaimed first."""
     day_lead_ms: int = 60_000
     """Tomorrow's lease is asked for this long before midnight."""
-    day_grace_ms: int = 60_000
-    """A day's lease is kept this long after midnight for late requests, then returned."""
+    day_grace_ms: int = (DAYS_KEPT - 1) * MS_PER_DAY
+    """A day's lease is kept this long after the day ends, for late requests, then returned:
+    as long as spend keeps the day (`streams.state.spend.DAYS_KEPT`). A bank that runs dry
+    reclaims it sooner."""
 
 
 class Terms(msgspec.Struct, frozen=True):
@@ -134,6 +144,9 @@ class LeaseReturn(msgspec.Struct, frozen=True, tag="return"):
     """The account's total returned, this one included."""
     spent: int
     watermark: int
+    closes: bool = True
+    """The partition asks no more of the account (the bank forgets an ask it could not fill);
+    False when it gives back too little to spend while it keeps asking."""
 
 
 class LeaseGrant(msgspec.Struct, frozen=True, tag="grant"):
@@ -170,6 +183,36 @@ class LeaseReclaim(msgspec.Struct, frozen=True, tag="reclaim"):
 ToBank = LeaseAsk | LeaseReturn
 ToPartition = LeaseGrant | LeaseReclaim
 LeaseEvent = ToBank | ToPartition
+
+_RECORDS: dict[type[LeaseEvent], type[LeaseRecord]] = {
+    LeaseAsk: LeaseAskRecord,
+    LeaseReturn: LeaseReturnRecord,
+    LeaseGrant: LeaseGrantRecord,
+    LeaseReclaim: LeaseReclaimRecord,
+}
+_EVENTS: dict[type[LeaseRecord], type[LeaseEvent]] = {v: k for k, v in _RECORDS.items()}
+_MONEY = frozenset(
+    {"want", "spent", "amount", "returned", "granted", "lifetime_limit", "daily_limit"}
+)
+
+
+def to_record(event: LeaseEvent) -> LeaseRecord:
+    """The event as it travels on `budget-leases`: money as decimal strings."""
+    fields = msgspec.structs.asdict(event)
+    for name in _MONEY & fields.keys():
+        if fields[name] is not None:
+            fields[name] = from_micros(fields[name])
+    return _RECORDS[type(event)](**fields)
+
+
+def from_record(record: LeaseRecord) -> LeaseEvent:
+    """The event of a `budget-leases` record (raises `MoneyError` on a malformed amount)."""
+    fields = msgspec.structs.asdict(record)
+    del fields["schema"]
+    for name in _MONEY & fields.keys():
+        if fields[name] is not None:
+            fields[name] = to_micros(fields[name])
+    return _EVENTS[type(record)](**fields)
 
 
 # --- the partition's side -----------------------------------------------------------------
@@ -223,12 +266,23 @@ class Lease(msgspec.Struct):
     watermark: int = 0
     closed_before: int = 0
     """Days before this are closed: their leases returned, their late requests refused."""
+    settled: int = 0
+    """What was spent in day accounts dropped since (it counts for the lifetime)."""
+    unleased: int = 0
+    """What was spent while the campaign had no budget: no lease covers it, and a budget
+    set later counts from the moment it is in force."""
     rate_since: int = 0
     rate_start: int = 0
     rate_previous: int = 0
     rate_current: int = 0
     """Impressions spent in the window starting at `rate_start` and in the one before it,
     which started at `rate_since`."""
+
+    def spend(self) -> Spend:
+        """What this partition spent of the campaign: lifetime, and per UTC day kept."""
+        days = {key: a.spent for key, a in self.accounts.items() if key != LIFETIME}
+        lifetime = self.settled + self.unleased + sum(a.spent for a in self.accounts.values())
+        return Spend(lifetime, days, min(days, default=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,12 +312,15 @@ class LeaseBook:
 
     def take(self, lease: Lease, terms: Terms, t: int) -> tuple[LeaseVerdict, list[ToBank]]:
         """Spend one impression at event time `t` from the lease, if it covers it."""
-        if not terms.limited:
-            return Covered(0), []
+        if not terms.limited:  # no budget to exceed
+            lease.unleased += terms.cost
+            return Covered(terms.cost), []
         events = self.tend(lease, terms, t)
         key = terms.account(t)
         if key != LIFETIME and key < lease.closed_before:
             return Short("daily (late)"), events
+        if terms.cost == 0:  # free impressions fit any budget
+            return Covered(0), events
         account = lease.accounts.setdefault(key, Account())
         lease.rate_current += 1  # demand, covered or not: a short lease must not shrink it
         if account.fits(terms) and account.available >= terms.cost:
@@ -271,16 +328,28 @@ class LeaseBook:
             events += self._refill(lease, terms, key, low=self._low(lease))
             return Covered(terms.cost), events
         if account.fits(terms) and account.available > 0:
-            events.append(self._return(lease, key))  # pooled at the bank, it can serve
+            # Pooled at the bank, where it can serve; the ask stands.
+            events.append(self._return(lease, key, closes=False))
+        pooled = False
+        if terms.lifetime is not None:
+            # What other days' leases hold counts against the lifetime budget at the bank:
+            # back there, it may come back as today's (the bank's answer is on its way).
+            for other, held in lease.accounts.items():
+                if other not in (key, LIFETIME) and held.available > 0:
+                    events.append(self._return(lease, other))
+                    pooled = True
         events += self._refill(lease, terms, key, low=1)
-        dry = account.dry if account.fits(terms) and not account.asking else None
+        dry = account.dry if account.fits(terms) and not account.asking and not pooled else None
         return Short(dry), events
 
     def give_back(self, lease: Lease, terms: Terms, t: int, cost: int) -> list[ToBank]:
         """A reservation taken at `t` ended without an ad: its cost is the lease's again."""
-        key = terms.account(t) if terms.limited else None
-        account = None if key is None else lease.accounts.get(key)
-        if account is None or key is None:
+        if not terms.limited or terms.cost == 0:
+            lease.unleased -= cost
+            return []
+        key = terms.account(t)
+        account = lease.accounts.get(key)
+        if account is None:
             return []
         account.spent -= cost
         if key != LIFETIME and key < lease.closed_before:
@@ -302,6 +371,7 @@ class LeaseBook:
             if (closed or stale) and account.available > 0:
                 events.append(self._return(lease, key))
             if LIFETIME < key < lease.closed_before - DAYS_KEPT and account.available == 0:
+                lease.settled += account.spent
                 del lease.accounts[key]
         if terms.daily is not None and self._rate(lease, self.policy.day_lead_ms) > 0:
             tomorrow = utc_day(lease.watermark) + 1
@@ -320,7 +390,10 @@ class LeaseBook:
                 account.answered = account.asked
                 account.dry = None
                 account.refused = False
-            return [self._return(lease, key) for key in list(lease.accounts)]
+            # Every reclaim is answered, if only by a report, so the bank knows it is over.
+            keys = list(lease.accounts) or [LIFETIME]
+            lease.accounts.setdefault(keys[0], Account())
+            return [self._return(lease, key) for key in keys]
         key = _key(event.day)
         account = lease.accounts.setdefault(key, Account())
         # Whatever was held before counts at the bank under its budget now, so all of it
@@ -368,10 +441,15 @@ class LeaseBook:
         )
         return [ask]
 
-    def _return(self, lease: Lease, key: int) -> LeaseReturn:
+    def _return(self, lease: Lease, key: int, *, closes: bool = True) -> LeaseReturn:
         account = lease.accounts[key]
         amount = account.available
         account.returned += amount
+        if closes:
+            # The bank forgets this account's ask: what it last said of it is stale too.
+            account.answered = account.asked
+            account.dry = None
+            account.refused = False
         lease.seq_out += 1
         return LeaseReturn(
             lease.campaign_id,
@@ -382,6 +460,7 @@ class LeaseBook:
             account.returned,
             account.spent,
             lease.watermark,
+            closes,
         )
 
     def _observe(self, lease: Lease, t: int) -> None:
@@ -439,6 +518,8 @@ class Waiter(msgspec.Struct):
     """The seq of the ask."""
     ticket: int
     """Waiters are served in the order they came."""
+    deferred: bool = False
+    """Not answered yet: other partitions' returns may still fill it."""
 
 
 class Holder(msgspec.Struct):
@@ -502,7 +583,12 @@ class BudgetBank:
         held.spent = event.spent
         if isinstance(event, LeaseReturn):
             held.returned = event.returned
-            events = self._serve_waiters(bank)
+            if event.closes:
+                holder.waiting.pop(key, None)
+            # Too little to spend, it stays at the bank for another partition: handed straight
+            # back it would bounce between the two with every request.
+            skip = None if event.closes else (event.partition, key)
+            events = self._serve_waiters(bank, skip=skip)
             self._drop_old_days(bank)
             return events
         bank.tickets += 1
@@ -526,7 +612,9 @@ class BudgetBank:
         self, bank: Bank, partition: int, key: int, *, answer: bool = True
     ) -> list[ToPartition]:
         """Grant what it can of a waiting ask (an empty grant only to `answer` it); reclaim
-        if that leaves the ask unfilled."""
+        if that leaves the ask unfilled. An ask still short of one impression while other
+        partitions hold unspent money is answered once their returns are in: only then is
+        the bank dry."""
         free = self._free(bank, key)
         if free is None:
             return []  # answered once the bank has the partition's rules (`configure`)
@@ -535,51 +623,74 @@ class BudgetBank:
         waiter = holder.waiting[key]
         held = holder.accounts[key]
         amount = max(0, min(waiter.want, free[0]))
-        dry = None if held.unspent + amount >= bank.terms.cost else free[1]
-        if dry is None:
-            del holder.waiting[key]
-        else:
-            waiter.want -= amount
+        short = held.unspent + amount < bank.terms.cost
         events: list[ToPartition] = []
-        if amount or answer:
-            held.granted += amount
-            holder.seq_out += 1
-            events.append(
-                LeaseGrant(
-                    bank.campaign_id,
-                    partition,
-                    holder.seq_out,
-                    _day(key),
-                    amount,
-                    held.granted,
-                    bank.terms.version,
-                    bank.terms.lifetime,
-                    bank.terms.daily,
-                    waiter.ask,
-                    dry,
-                )
-            )
-        if amount < waiter.want or dry is not None:
+        if short or amount < waiter.want:
             # Short of one impression: all that is held elsewhere; else what idles.
             idle_before = bank.watermark - self.policy.idle_ms
             for p, other in bank.holders.items():
-                idle = dry is not None or other.watermark <= idle_before
-                unspent = any(a.unspent > 0 for a in other.accounts.values())
-                if p != partition and idle and unspent and not other.reclaiming:
+                idle = short or other.watermark <= idle_before
+                if p != partition and idle and self._unspent(other) and not other.reclaiming:
                     events.append(self._reclaim(bank, p))
+        later = short and self._elsewhere(bank, partition)
+        dry = free[1] if short and not later else None
+        if short:
+            waiter.want -= amount
+            waiter.deferred = later
+        else:
+            del holder.waiting[key]
+        if amount or (answer and not later):
+            held.granted += amount
+            holder.seq_out += 1
+            grant = LeaseGrant(
+                bank.campaign_id,
+                partition,
+                holder.seq_out,
+                _day(key),
+                amount,
+                held.granted,
+                bank.terms.version,
+                bank.terms.lifetime,
+                bank.terms.daily,
+                waiter.ask,
+                dry,
+            )
+            events.insert(0, grant)
         return events
 
-    def _serve_waiters(self, bank: Bank) -> list[ToPartition]:
-        """Grant what came back to the partitions waiting, oldest ask first."""
+    @staticmethod
+    def _unspent(holder: Holder) -> bool:
+        return any(a.unspent > 0 for a in holder.accounts.values())
+
+    def _elsewhere(self, bank: Bank, partition: int) -> bool:
+        """Whether partitions but this one may still return money (reclaimed, unanswered)."""
+        return any(
+            p != partition and (other.reclaiming or self._unspent(other))
+            for p, other in bank.holders.items()
+        )
+
+    def _serve_waiters(self, bank: Bank, skip: tuple[int, int] | None = None) -> list[ToPartition]:
+        """Grant what came back to the partitions waiting, oldest ask first (but `skip`'s,
+        a (partition, account)); answer those whose answer waited on returns once none is
+        to come."""
         waiting = sorted(
-            (w.ticket, p, key) for p, h in bank.holders.items() for key, w in h.waiting.items()
+            (w.ticket, p, key)
+            for p, h in bank.holders.items()
+            for key, w in h.waiting.items()
+            if (p, key) != skip
         )
         events: list[ToPartition] = []
         for _, partition, key in waiting:
+            waiter = bank.holders[partition].waiting.get(key)
             free = self._free(bank, key)
-            if free is not None and free[0] > 0:
-                # A waiter still short has its answer already; it hears only of money.
-                events += self._serve(bank, partition, key, answer=False)
+            if waiter is None or free is None:
+                continue
+            if free[0] > 0 or waiter.deferred:
+                # A waiter already answered short hears only of money; one not answered yet
+                # is, once no partition may return more, and meanwhile every partition the
+                # bank believes holds money is asked for it (spend reports lag, so one
+                # reclaimed before may hold more by now).
+                events += self._serve(bank, partition, key, answer=waiter.deferred)
         return events
 
     def _reclaim(self, bank: Bank, partition: int) -> LeaseReclaim:

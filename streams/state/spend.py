@@ -8,6 +8,8 @@ charged against a total we no longer know.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 MS_PER_DAY = 86_400_000
@@ -63,3 +65,14 @@ def charge(spend: Spend, cost: int, t_ms: int) -> None:
         for old in [d for d in spend.daily if d < oldest_kept]:
             del spend.daily[old]
         spend.oldest_day = oldest_kept
+
+
+def total(spends: Iterable[Spend]) -> Spend:
+    """What several partitions' leases of one campaign have spent together."""
+    combined = Spend()
+    for spent in spends:
+        combined.lifetime += spent.lifetime
+        for day, micros in spent.daily.items():
+            combined.daily[day] = combined.on_day(day) + micros
+        combined.oldest_day = max(combined.oldest_day, spent.oldest_day)
+    return combined

@@ -1,17 +1,21 @@
 """The decision worker: adstream's Kafka and Faust wiring around the pure rules.
 
-    ad-requests (key: user) --route--> requests-by-campaign (key: campaign) --decide--> ad-served
-                     |                         campaigns (key: campaign) --^       \\-> ad-denied
-                     \\--> ad-requests-dlq
+    ad-requests (key: user) --+                +--> ad-served / ad-denied / ad-requests-dlq
+                              +--decide--------+
+    budget-leases ------------+                +--> budget-leases (asks, returns, grants)
+    campaigns --> every worker's campaign view;  --check--> ad-requests-dlq
 
-`route` validates and de-duplicates, on state keyed like the users' partitions. `decide`
-owns everything per campaign: its rules, its budget, and the frequency caps of its users, so
-a cap and a budget are checked and charged in one place, in one transaction.
+`decide` handles partition p of `ad-requests` and of `budget-leases` as one stream: each
+request on its user's partition (caps and dedupe are there), its cost spent from p's lease of
+its campaign; the campaigns' banks answer their partitions' asks on the same stream.
 
 | module | holds |
 | --- | --- |
-| `app.py` | the Faust app: tables, the two agents, the web routes |
-| `route_stage.py`, `decide_stage.py` | the two stages (their rules are `streams.state`'s) |
+| `app.py` | the Faust app: tables, the agents, the web routes |
+| `decide_stage.py` | the decision stage (its rules are `streams.state`'s), parked requests |
+| `lease_desk.py` | budget leases and banks: their tables and their records on `budget-leases` |
+| `campaign_view.py` | every campaign's rules, read from `campaigns` by every worker |
+| `campaigns_stage.py` | invalid campaign records to the DLQ, once |
 | `outputs.py` | a stage's records, in its transaction; the per-message dead-letter boundary |
 | `tables.py` | the Faust tables, typed |
 | `commit_protocol.py` | outputs, table writes and offsets in one transaction per source partition |

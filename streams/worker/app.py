@@ -1,51 +1,59 @@
-"""The worker, top to bottom: topics in, two stages, decisions out.
+"""The worker, top to bottom: topics in, one decision stage, decisions out.
 
-    ad-requests ──route──▶ requests-by-campaign ─┐
-         │                                        ├─decide─▶ ad-served / ad-denied
-         └─▶ ad-requests-dlq        campaigns ────┘
+    campaigns ─────────▶ every worker's campaign view (rules in force)
+        └──check──▶ ad-requests-dlq (invalid campaigns)
 
-`route` (`streams.worker.route_stage`) validates and de-duplicates; `decide`
-(`streams.worker.decide_stage`) applies each campaign's rules, caps and budget and resolves its
-VAST upstream. Both read batches (`take_events`) and write through
-`streams.worker.commit_protocol`, which makes Faust's exactly-once hold: every output and table
-write commits in one Kafka transaction with the offsets of the events that caused it. Faust's
-Kafka transport and its table recovery are adstream's subclasses
-(`streams.worker.kafka_transport`, `streams.worker.recovery`), set in the app's settings.
+    ad-requests (user) ──┐                 ┌─▶ ad-served / ad-denied / ad-requests-dlq
+                         ├──decide─────────┤
+    budget-leases ───────┘                 └─▶ budget-leases (asks, returns; grants, reclaims)
+
+`decide` (`streams.worker.decide_stage`) validates, de-duplicates, applies the campaign's
+rules and its user's caps, spends from its partition's budget lease, resolves the VAST
+upstream; the same stream carries the lease records, so each campaign's bank
+(`streams.worker.lease_desk`) answers its partitions' asks there. Every worker reads every
+campaign's rules (`streams.worker.campaign_view`); `check` dead-letters invalid ones.
+
+Stages read batches (`take_events`) and write through `streams.worker.commit_protocol`, which
+makes Faust's exactly-once hold: every output and table write commits in one Kafka transaction
+with the offsets of the events that caused it. Faust's Kafka transport and its table recovery
+are adstream's subclasses (`streams.worker.kafka_transport`, `streams.worker.recovery`), set in
+the app's settings.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import faust
 import msgspec
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 from prometheus_client import generate_latest
 
 from models.codec import encode
 from streams.lookaside import StateView, cap_view, spend_view
 from streams.settings import Settings
 from streams.state.frequency import Impressions
-from streams.topics import Partitions, Topics
+from streams.topics import Partitions, Topics, key_partition
 from streams.vast.breaker import CircuitBreaker
+from streams.worker.campaign_view import CampaignView
+from streams.worker.campaigns_stage import CampaignChecker
 from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
 from streams.worker.event_context import event_context
 from streams.worker.exit_status import FAILED_EXIT
 from streams.worker.faust_version import check_faust_version
-from streams.worker.kafka_transport import broker_url, learn_partitions
+from streams.worker.kafka_transport import broker_url
+from streams.worker.lease_desk import LeaseDesk
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
 from streams.worker.recovery import RestoredTable, TableManager
-from streams.worker.route_stage import Router
 from streams.worker.skipped_events import SkippedEvents
 from streams.worker.status import DecisionRates, WorkerStatus, campaign_spend, worker_status
 from streams.worker.status_view import PAGE, status_view
@@ -65,7 +73,7 @@ class Worker(msgspec.Struct):
     topics: Topics
     tables: Tables
     metrics: Metrics
-    router: Router
+    view: CampaignView
     decider: Decider
     committer: Committer
     skipped: SkippedEvents
@@ -100,7 +108,7 @@ def create_worker(
         # A crashed worker's partitions move after this long without a heartbeat.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
-        topic_partitions=partitions.campaigns,
+        topic_partitions=partitions.requests,
         topic_replication_factor=1,
         web_port=settings.web_port,
         web_bind=settings.web_bind,
@@ -113,37 +121,40 @@ def create_worker(
         Table=RestoredTable,
         TableManager=TableManager,
     )
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
-    tables = Tables(
-        app, requests_partitions=partitions.requests, campaign_partitions=partitions.campaigns
-    )
+    topics = Topics.named(settings.topic_prefix)
+    tables = Tables(app, partitions.requests)
     transactions = TransactionIds(app)
     sender = TransactionalSender(app, transactions)
     skipped = SkippedEvents(app, settings.kafka_bootstrap_servers)
     committer = Committer(
         app,
-        transactions,
+        sender,
         skipped,
         behind_interval_s=settings.behind_commit_interval_s,
         behind_lag=settings.batch_size,
     )
-    router = Router(Outputs(sender, topics.dlq, metrics), tables.seen, topics.by_campaign, metrics)
+    view = CampaignView(settings.kafka_bootstrap_servers, topics.campaigns)
+    outputs = Outputs(sender, topics.dlq, metrics)
     decider = Decider(
-        Outputs(sender, topics.dlq, metrics),
+        outputs,
         tables,
         topics,
+        view,
+        LeaseDesk(tables, topics.leases, view, outputs),
         resolver,
         metrics,
         lookaside,
+        partitions=partitions.requests,
         history_ms=settings.impression_history_s * 1000,
     )
+    checker = CampaignChecker(Outputs(sender, topics.dlq, metrics))
 
     def raw_topic(*names: str) -> Any:
         return app.topic(
             *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
-    tables.seen.table.on_recover(router.rebuild_expiry)
+    tables.seen.table.on_recover(decider.rebuild_seen_expiry)
     tables.frequency.table.on_recover(decider.rebuild_expiry)
 
     async def run_stage(
@@ -151,9 +162,11 @@ def create_worker(
         handle: Callable[[Sequence[EventT[Any]]], Awaitable[None]],
         outputs: Outputs,
         journal: CrashJournal,
+        finished: Callable[[Sequence[EventT[Any]]], Mapping[TP, int]],
     ) -> None:
         committer.install()
         skipped.install()
+        await view.caught_up.wait()
         batches: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).take_events(
             settings.batch_size, settings.batch_wait_s
         )
@@ -177,8 +190,8 @@ def create_worker(
                     log.critical("a stage failed mid-batch: the worker exits", exc_info=True)
                     logging.shutdown()
                     os._exit(FAILED_EXIT)
-                for event in events:
-                    committer.finished(event.message.tp, event.message.offset)
+                for tp, offset in finished(events).items():
+                    committer.finished(tp, offset)
 
     async def set_aside(event: EventT[Any], outputs: Outputs) -> None:
         with event_context(event):
@@ -192,26 +205,50 @@ def create_worker(
 
     journals = {
         name: CrashJournal.open(Path(settings.data_dir) / f"crash-journal-{name}.json")
-        for name in ("route", "decide")
+        for name in ("decide", "campaigns")
     }
 
-    @app.agent(raw_topic(topics.requests), name="route")
-    async def route(stream: StreamT[Any]) -> None:
-        await run_stage(stream, router.handle, router.outputs, journals["route"])
+    def each_offset(events: Sequence[EventT[Any]]) -> Mapping[TP, int]:
+        return {event.message.tp: event.message.offset for event in events}
 
-    @app.agent(raw_topic(topics.by_campaign, topics.campaigns), name="decide")
+    @app.agent(raw_topic(topics.requests, topics.leases), name="decide")
     async def decide(stream: StreamT[Any]) -> None:
-        await run_stage(stream, decider.handle, decider.outputs, journals["decide"])
+        await run_stage(
+            stream, decider.handle, outputs, journals["decide"], lambda _: decider.finished()
+        )
+
+    @app.agent(raw_topic(topics.campaigns), name="campaigns")
+    async def check_campaigns(stream: StreamT[Any]) -> None:
+        await run_stage(stream, checker.handle, checker.outputs, journals["campaigns"], each_offset)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_campaigns() -> None:
+        await view.follow()
+
+    @app.timer(interval=0.1)  # type: ignore[untyped-decorator]
+    async def apply_rule_changes() -> None:
+        """Rules that changed reach the banks and the parked requests between batches."""
+        if not view.caught_up.is_set() or app.rebalancing:
+            return
+        async with committer.batch():
+            await decider.tick()
+            for tp, offset in decider.finished().items():
+                committer.finished(tp, offset)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
+        (revoked,) = args
+        decider.forget(revoked)
 
     rates = DecisionRates(started=time.monotonic())
 
     def current_status() -> WorkerStatus:
-        return worker_status(app, tables, topics, partitions, committer.committed(), breaker)
+        return worker_status(app, tables, view, topics, committer.committed(), breaker)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        for name, table in (("seen", tables.seen), ("frequency", tables.frequency)):
-            metrics.table_keys.labels(table=name).set(len(table))
+        for name in ("seen", "frequency", "leases", "banks"):
+            metrics.table_keys.labels(table=name).set(len(getattr(tables, name)))
         metrics.show(current_status())
         return web.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
@@ -234,38 +271,33 @@ def create_worker(
         )
         return web.bytes(encode(view), content_type=JSON)
 
-    routable = asyncio.Event()
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def learn_where_campaigns_live() -> None:
-        await learn_partitions(app, tables.spend.table.changelog_topic.get_topic_name())
-        routable.set()
-
     @app.page("/adstream/ready/")
     async def ready_page(web: Any, request: Any) -> Any:
-        """200 once partitions are assigned, tables restored and routes known."""
+        """200 once partitions are assigned, tables restored and campaign rules read."""
         ready = (
             not app.rebalancing
             and bool(app.consumer.assignment())
             and cast(Any, app.tables).recovery.completed.is_set()
-            and routable.is_set()
+            and view.caught_up.is_set()
         )
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     @app.page("/adstream/state/{campaign_id}/")
-    @app.table_route(table=tables.spend.table, match_info="campaign_id")
     async def state_page(web: Any, request: Any, campaign_id: str) -> Any:
-        """The lookaside's fallback: one campaign's spend and, with ?user=, a user's caps."""
-        rules = tables.campaigns.get(campaign_id)
+        """The lookaside's fallback: a campaign's rules, what the leases of the partitions
+        this worker owns have spent (a campaign's spend is the sum over the workers), and
+        with ?user= the user's caps when the user's partition is one of them."""
+        rules = view.get(campaign_id)
         if rules is None:
             return web.bytes(encode(StateView(campaign_id, known=False)), content_type=JSON)
-        spent = campaign_spend(tables, campaign_id)
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.requests}
+        spent = campaign_spend(tables, campaign_id, owned)
         cap = None
         user_id = request.query.get("user")
-        if user_id and rules.caps:
+        if user_id and rules.caps and key_partition(user_id, partitions.requests) in owned:
             entry = tables.frequency.get(frequency_key(campaign_id, user_id))
             cap = cap_view(entry.impressions if entry else Impressions(), rules)
-        view = StateView(campaign_id, True, rules.version, spend_view(spent, rules), cap)
-        return web.bytes(encode(view), content_type=JSON)
+        view_ = StateView(campaign_id, True, rules.version, spend_view(spent, rules), cap)
+        return web.bytes(encode(view_), content_type=JSON)
 
-    return Worker(app, topics, tables, metrics, router, decider, committer, skipped)
+    return Worker(app, topics, tables, metrics, view, decider, committer, skipped)

@@ -59,7 +59,7 @@ class Committer:
     def __init__(
         self,
         app: faust.App,
-        transactions: TransactionIds,
+        sender: TransactionalSender,
         skipped: SkippedEvents,
         *,
         behind_interval_s: float,
@@ -68,7 +68,8 @@ class Committer:
         """`behind_interval_s`: the least time between Faust's commits while more than
         `behind_lag` events wait in the partitions this worker has processed."""
         self.app = app
-        self.transactions = transactions
+        self.sender = sender
+        self.transactions = sender.transactions
         self.skipped = skipped
         self.behind_interval_s = behind_interval_s
         self.behind_lag = behind_lag
@@ -166,11 +167,14 @@ class Committer:
     async def _commit(self, start_new_transaction: bool) -> bool:
         consumer: Any = self.app.consumer
         assigned = consumer.assignment()
+        # A partition whose offsets stand still may still have sent records (a request held
+        # back waits for a lease whose ask it sent): its transaction must end too.
         offsets = {
             tp: offset
             for tp, offset in self._finished.items()
-            if tp in assigned and offset > self._committed.get(tp, -1)
+            if tp in assigned and (offset > self._committed.get(tp, -1) or tp in self.sender.sent)
         }
+        self.sender.sent.clear()
         if not offsets:
             return False
         by_transaction: dict[str, dict[TP, int]] = {}
@@ -230,6 +234,8 @@ class TransactionalSender:
     def __init__(self, app: faust.App, transactions: TransactionIds) -> None:
         self.app = app
         self.transactions = transactions
+        self.sent: set[TP] = set()
+        """Source partitions whose transactions hold records since their last commit."""
 
     def producer_for(self, source: TP) -> AIOKafkaProducer:
         transactional_id = self.transactions.id_for(source)
@@ -255,4 +261,5 @@ class TransactionalSender:
         future: asyncio.Future[Any] = await self.producer_for(source).send(
             topic, value=value, key=key, partition=partition, timestamp_ms=timestamp_ms
         )
+        self.sent.add(source)
         return future

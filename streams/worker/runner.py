@@ -67,13 +67,11 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
         # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    topics = Topics.named(settings.topic_prefix, settings.app_id)
+    topics = Topics.named(settings.topic_prefix)
     partitions = asyncio.run(
         ensure_topics(settings.kafka_bootstrap_servers, topics, settings.partitions)
     )
-    changelogs = changelog_partitions(
-        settings.group_id, requests=partitions.requests, campaigns=partitions.campaigns
-    )
+    changelogs = changelog_partitions(settings.group_id, partitions.requests)
     asyncio.run(ensure_changelogs(settings.kafka_bootstrap_servers, changelogs))
     upstreams = upstreams or upstreams_for(settings)
     metrics = Metrics()

@@ -1,27 +1,28 @@
 """What one worker holds and how it is doing, read when asked: for `/metrics` and the status
 page alike, so that both always say the same.
 
-Campaigns are reported by the worker that owns their partition of `campaigns` only: a table
-keeps what it held of partitions that moved away, and several workers must never both report
-a campaign's spend.
+A campaign's budget is spent through leases, one per deciding partition: each worker reports
+what the leases of the partitions it owns have spent (a table keeps what it held of
+partitions that moved away, which must not count twice), so the sum over workers is the
+campaign's spend.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from collections.abc import Iterable, Mapping
 
 import faust
 import msgspec
-from aiokafka.partitioner import murmur2
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
+from streams.state import spend
 from streams.state.campaigns import CampaignRules
 from streams.state.spend import Spend
-from streams.topics import Partitions, Topics
+from streams.topics import Topics
 from streams.vast.breaker import CircuitBreaker, EndpointState
+from streams.worker.campaign_view import CampaignView
 from streams.worker.kafka_transport import fetch_positions
 from streams.worker.tables import Tables
 
@@ -85,9 +86,14 @@ class WorkerStatus(msgspec.Struct, frozen=True):
     """Endpoints with an open breaker, all of them."""
 
 
-def campaign_spend(tables: Tables, campaign_id: str) -> Spend:
-    """A campaign's spend as this worker knows it: the one place it is read for reports."""
-    return tables.spend.get(campaign_id) or Spend()
+def campaign_spend(tables: Tables, campaign_id: str, owned: set[int] | None = None) -> Spend:
+    """What the leases of a campaign this worker holds (of the partitions `owned`, or all)
+    have spent: the one place it is read for reports."""
+    return spend.total(
+        lease.spend()
+        for _, lease in tables.leases.items()
+        if lease.campaign_id == campaign_id and (owned is None or lease.partition in owned)
+    )
 
 
 def campaign_status(rules: CampaignRules, spent: Spend) -> CampaignStatus:
@@ -106,21 +112,11 @@ def campaign_status(rules: CampaignRules, spent: Spend) -> CampaignStatus:
     )
 
 
-# aiokafka's murmur2 is pure Python (~35 us a call), and every scrape asks for each campaign.
-@functools.lru_cache(maxsize=65_536)
-def campaign_partition(campaign_id: str, partitions: int) -> int:
-    """The partition of `campaigns` (and of the tables following it) holding a campaign: the
-    Kafka producers' default partitioner, as its records are keyed by campaign_id."""
-    hashed: int = murmur2(campaign_id.encode())
-    return (hashed & 0x7FFFFFFF) % partitions
-
-
-def owned_campaigns(tables: Tables, owned: set[int], partitions: int) -> list[CampaignStatus]:
-    """The campaigns in force in the partitions `owned` of `partitions`, by id."""
+def owned_campaigns(tables: Tables, view: CampaignView, owned: set[int]) -> list[CampaignStatus]:
+    """The campaigns in force, by id, with what the leases of the partitions `owned` spent."""
     return [
-        campaign_status(rules, campaign_spend(tables, campaign_id))
-        for campaign_id, rules in sorted(tables.campaigns.items())
-        if campaign_partition(campaign_id, partitions) in owned
+        campaign_status(rules, campaign_spend(tables, campaign_id, owned))
+        for campaign_id, rules in sorted(view.rules.items())
     ]
 
 
@@ -144,22 +140,22 @@ def breaker_states(breaker: CircuitBreaker | None) -> tuple[list[EndpointState],
 def worker_status(
     app: faust.App,
     tables: Tables,
+    view: CampaignView,
     topics: Topics,
-    partitions: Partitions,
     committed: Mapping[TP, int],
     breaker: CircuitBreaker | None,
 ) -> WorkerStatus:
-    sources = (topics.requests, topics.by_campaign, topics.campaigns)
+    sources = (topics.requests, topics.leases, topics.campaigns)
     try:
         assigned = app.consumer.assignment()
         positions = partition_statuses(app, sources, committed)
     except ConsumerNotStarted:  # asked while the worker starts
         assigned, positions = set(), []
-    owned = {tp.partition for tp in assigned if tp.topic == topics.campaigns}
+    owned = {tp.partition for tp in assigned if tp.topic == topics.requests}
     endpoints, open_endpoints = breaker_states(breaker)
     return WorkerStatus(
         positions,
-        owned_campaigns(tables, owned, partitions.campaigns),
+        owned_campaigns(tables, view, owned),
         endpoints,
         open_endpoints,
     )

@@ -1,11 +1,15 @@
 """The worker's Faust tables, typed: msgspec values in changelogged key-value tables.
 
-| table       | key                       | value             | partitioned like   |
-| ----------- | ------------------------- | ----------------- | ------------------ |
-| seen        | request_id                | `SeenRequest`     | ad-requests (user) |
-| campaigns   | campaign_id               | `CampaignRules`   | by campaign        |
-| frequency   | campaign_id + user_id     | `CapEntry`        | by campaign        |
-| spend       | campaign_id               | `Spend`           | by campaign        |
+| table     | key                     | value         | on the partition of                 |
+| --------- | ----------------------- | ------------- | ----------------------------------- |
+| seen      | request_id              | `SeenRequest` | the request (its user)              |
+| frequency | campaign_id + user_id   | `CapEntry`    | the user                            |
+| leases    | campaign_id + partition | `Lease`       | the deciding partition              |
+| banks     | campaign_id             | `Bank`        | the campaign's key on budget-leases |
+
+Every table is partitioned like `ad-requests` (and `budget-leases`, which has as many
+partitions): a request is decided where its user's state is, a lease lives with the partition
+that spends it, and a bank with the partition its campaign's asks arrive on.
 
 `frequency` holds the served impression times of every identified user for every campaign,
 capped or not, for the impression history (`streams.state.frequency`).
@@ -24,9 +28,8 @@ import faust
 import msgspec
 from faust.types import EventT, TableT
 
-from streams.state.campaigns import CampaignRules
 from streams.state.frequency import Impressions
-from streams.state.spend import Spend
+from streams.state.leases import Bank, Lease
 from streams.worker.event_context import event_context
 
 V = TypeVar("V", bound=msgspec.Struct)
@@ -56,6 +59,11 @@ def split_frequency_key(key: str) -> tuple[str, str]:
     return campaign_id, user_id
 
 
+def lease_key(campaign_id: str, partition: int) -> str:
+    # The partition is part of the key: the memory store holds every partition in one dict.
+    return f"{campaign_id}\x1f{partition}"
+
+
 class RawTable(faust.Table[bytes, bytes]):
     """A table of bytes we encode ourselves: Faust stores and ships them as they are.
 
@@ -68,19 +76,12 @@ class RawTable(faust.Table[bytes, bytes]):
         return "raw"
 
 
-TABLE_SOURCES = {
-    "seen": "requests",
-    "campaigns": "campaigns",
-    "frequency": "campaigns",
-    "spend": "campaigns",
-}
-"""Each table by name, and the source topic (requests, or campaigns) it is partitioned like."""
+TABLES = ("seen", "frequency", "leases", "banks")
 
 
-def changelog_partitions(app_id: str, *, requests: int, campaigns: int) -> dict[str, int]:
+def changelog_partitions(app_id: str, partitions: int) -> dict[str, int]:
     """The changelog topic of every table (as Faust names it) and its partition count."""
-    counts = {"requests": requests, "campaigns": campaigns}
-    return {f"{app_id}-{name}-changelog": counts[src] for name, src in TABLE_SOURCES.items()}
+    return {f"{app_id}-{name}-changelog": partitions for name in TABLES}
 
 
 ChangelogSend = Callable[
@@ -156,16 +157,14 @@ class TypedTable(Generic[V]):
 
 
 class Tables:
-    """All of the worker's tables, declared on one app."""
+    """All of the worker's tables, declared on one app, each with `partitions` partitions."""
 
-    def __init__(
-        self, app: faust.App, *, requests_partitions: int, campaign_partitions: int
-    ) -> None:
-        def table(name: str, kind: type[V], partitions: int) -> TypedTable[V]:
+    def __init__(self, app: faust.App, partitions: int) -> None:
+        def table(name: str, kind: type[V]) -> TypedTable[V]:
             declared = app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
             return TypedTable(declared, kind)
 
-        self.seen = table("seen", SeenRequest, requests_partitions)
-        self.campaigns = table("campaigns", CampaignRules, campaign_partitions)
-        self.frequency = table("frequency", CapEntry, campaign_partitions)
-        self.spend = table("spend", Spend, campaign_partitions)
+        self.seen = table("seen", SeenRequest)
+        self.frequency = table("frequency", CapEntry)
+        self.leases = table("leases", Lease)
+        self.banks = table("banks", Bank)

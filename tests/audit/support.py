@@ -208,8 +208,17 @@ class Simulator:
             t=context.timestamp,
             rules=rules,
             impressions=self.impressions.get(key),
-            spent=self.spent.get(ad_request.campaign_id),
         )
+        if rules is not None and not isinstance(verdict, Deny):
+            exceeded = spend.exceeded_budget(
+                self.spent.get(ad_request.campaign_id) or Spend(),
+                rules.cost_micros,
+                context.timestamp,
+                rules.lifetime_micros,
+                rules.daily_micros,
+            )
+            if exceeded is not None:
+                verdict = Deny("budget_exhausted", exceeded)
         event: AdServed | AdDenied
         if isinstance(verdict, Deny):
             version = None if rules is None else rules.version

@@ -24,6 +24,8 @@ from streams.admin import ensure_topics, publish_campaigns
 from streams.decision_reader import Decision, DecisionReader
 from streams.edge import request_record
 from streams.lookaside import StateView
+from streams.state import spend
+from streams.state.spend import Spend
 from streams.topics import Topics
 from streams.worker.process import WorkerProcess
 
@@ -100,7 +102,7 @@ class Deployment:
 
     @property
     def topics(self) -> Topics:
-        return Topics.named(f"{self.name}-", self.app_id or self.name)
+        return Topics.named(f"{self.name}-")
 
     @property
     def group_id(self) -> str:
@@ -131,7 +133,7 @@ class Deployment:
             "ADSTREAM_STORE": self.store,
             "ADSTREAM_WEB_PORT": str(web_port),
             "ADSTREAM_WEB_BIND": "127.0.0.1",
-            "ADSTREAM_LOG_LEVEL": "info",
+            "ADSTREAM_LOG_LEVEL": os.environ.get("ADSTREAM_TEST_LOG_LEVEL", "info"),
             **self.extra_env,
         }
 
@@ -182,8 +184,18 @@ class Deployment:
         return offsets
 
     async def state(self, campaign_id: str, user_id: str | None = None) -> StateView:
-        """What the worker owning the campaign holds (its web route finds the owner)."""
-        return await self.alive_worker().state(campaign_id, user_id)
+        """What the workers hold together: each answers for the partitions it owns, so a
+        campaign's spend is the sum of their leases' and a user's caps are its owner's."""
+        views = [await w.state(campaign_id, user_id) for w in self.workers if w.running()]
+        if not views:
+            raise RuntimeError("no worker is running")
+        spends = [v.spend for v in views if v.spend is not None]
+        caps = [v.cap for v in views if v.cap is not None]
+        total = None
+        if spends:
+            summed = spend.total(Spend(s.lifetime, dict(s.daily), s.oldest_day) for s in spends)
+            total = msgspec.structs.replace(spends[0], lifetime=summed.lifetime, daily=summed.daily)
+        return msgspec.structs.replace(views[0], spend=total, cap=caps[0] if caps else None)
 
     async def delete_campaign(self, campaign_id: str) -> None:
         await self.producer.send_and_wait(self.topics.campaigns, None, key=campaign_id.encode())

@@ -33,7 +33,7 @@ async def test_metrics_after_traffic(deployment: Deployment, vast_server: VastSe
     traffic = await observed.make_traffic(deployment, vast_server)
     url = deployment.alive_worker().url("/metrics")
     topics = deployment.topics
-    sources = {topics.requests, topics.by_campaign, topics.campaigns}
+    sources = {topics.requests, topics.leases, topics.campaigns}
     deadline = time.monotonic() + 30
     while True:  # until every source partition is fetched to its end and committed
         samples = await observed.scrape(url)

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.provision import Services
-from streams.worker.tables import TABLE_SOURCES
+from streams.worker.tables import TABLES
 from tests.pipeline.harness import BASE_MS, DAY_MS, Deployment, campaign, request
 
 # aiokafka logs each transactional id as it finds the id's coordinator.
@@ -67,8 +67,8 @@ async def test_deployments_differing_only_in_prefix_run_side_by_side(
                 for deployment in (first, second)
             }
     assert groups == {first.group_id, second.group_id}
-    internal = [f"{table}-changelog" for table in TABLE_SOURCES]
-    internal += ["requests-by-campaign", "__assignor-__leader"]
+    internal = [f"{table}-changelog" for table in TABLES]
+    internal += ["__assignor-__leader"]
     assert topics == {f"{d.group_id}-{name}" for d in (first, second) for name in internal}
     assert first.group_id == f"{first.name}-{app_id}"
     for group_id, found in transactional_ids.items():

@@ -16,8 +16,10 @@ import pytest
 from infra.provision import Services
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
 
-STALL_WARNING_S = 4.0
-BACKLOG = 5000
+STALL_WARNING_S = 8.0
+"""Faust counts from the worker's start, restore included: on a busy 2-core machine the
+first commit came 5 s after it."""
+BACKLOG = 10_000
 """Requests published at once: seconds of work, beyond the stall warning's threshold."""
 
 

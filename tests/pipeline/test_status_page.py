@@ -58,7 +58,7 @@ async def test_the_json_reports_spend_as_money_partitions_and_decision_rates(
     topics = deployment.topics
     assert {(p["topic"], p["partition"]) for p in body["partitions"]} == {
         (topic, partition)
-        for topic in (topics.requests, topics.by_campaign, topics.campaigns)
+        for topic in (topics.requests, topics.leases, topics.campaigns)
         for partition in range(deployment.partitions)
     }
     assert body["endpoints"] == [] and body["open_endpoints"] == 0

@@ -10,7 +10,7 @@ it, reads every decision back with a read_committed consumer and audits (`audit`
 - no frequency cap and no budget exceeded (recomputed from the served decisions alone);
 - the spend in the worker's tables equal to the sum of the served costs, to the micro;
 - every broken input in the DLQ with its reason; nothing lost;
-- where the outcome does not depend on how the route stage interleaves users (campaigns with
+- where the outcome does not depend on how partitions interleave users (campaigns with
   caps but no budget; budget-only uncapped campaigns by count), the decisions equal those of
   a one-at-a-time reference: the fault changed no decision.
 
@@ -41,6 +41,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka.partitioner import murmur2
+from redis.exceptions import RedisError
 
 from infra.broker import KafkaBroker
 from infra.redis_server import RedisServer
@@ -49,7 +50,7 @@ from models.events import AdRequest, Campaign
 from models.money import to_micros
 from streams.decision_reader import Decision
 from streams.invariants import budget_violations, cap_violations, spend_by_campaign
-from streams.lookaside import CapView, SpendView, cap_key, spend_key
+from streams.lookaside import CapView, cached_spend, cap_key, spend_key
 from streams.worker.exit_status import FAILED_EXIT
 from streams.worker.outputs import KEPT_KEY_BYTES, KEPT_VALUE_BYTES
 from streams.worker.process import WorkerFailed, WorkerProcess
@@ -537,7 +538,7 @@ async def offsets(deployment: Deployment) -> dict[str, Any]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     topics = deployment.topics
-    names = [topics.requests, topics.by_campaign, topics.served, topics.denied]
+    names = [topics.requests, topics.leases, topics.served, topics.denied]
     found: dict[str, Any] = {}
     admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
     await admin.start()
@@ -606,7 +607,7 @@ async def scale_out(env: Env, size: Size) -> Result:
     """Two workers in one consumer group share 8 partitions of 8 campaigns (caps only,
     budget only, caps and a daily budget, caps with anonymous users uncapped). While
     requests flow (~35 s of publishing), a third worker joins (a rebalance), then the worker
-    holding the most `requests-by-campaign` partitions is SIGKILLed. Measured: the time from
+    holding the most `ad-requests` partitions is SIGKILLed. Measured: the time from
     the kill to the first decision on one of its partitions (the broker notices the death
     after the 10 s session timeout, the group rebalances, the new owners restore the tables
     from their changelogs) and from starting the added worker to its being ready."""
@@ -633,7 +634,7 @@ async def scale_out(env: Env, size: Size) -> Result:
         result.measures["published_when_added"] = len(published)
 
         await deployment.until(lambda: len(published) >= count // 2, 120)
-        topic = deployment.topics.by_campaign
+        topic = deployment.topics.requests
         victim = max(deployment.workers, key=lambda w: len(assigned_partitions(w, topic)))
         moved = assigned_partitions(victim, topic)
         result.measures["killed_worker_partitions"] = sorted(moved)
@@ -1081,17 +1082,23 @@ async def cache_filled(
     }
     spends = [spend_key(prefix, c) for c in {p["campaign_id"] for p in served}]
     deadline = time.monotonic() + timeout_s
+    client = aioredis.Redis.from_url(url)
     while True:
         cap_values = await redis_values(url, list(caps))
-        spend_values = await redis_values(url, spends)
-        held = all(
-            value is not None and t in msgspec.json.decode(value, type=CapView).times
-            for value, t in zip(cap_values, caps.values(), strict=True)
-        ) and all(
-            value is not None and msgspec.json.decode(value, type=SpendView).lifetime > 0
-            for value in spend_values
+        try:
+            spend_views = [await cached_spend(client, key) for key in spends]
+        except (RedisError, OSError):
+            spend_views = []
+        held = (
+            all(
+                value is not None and t in msgspec.json.decode(value, type=CapView).times
+                for value, t in zip(cap_values, caps.values(), strict=True)
+            )
+            and len(spend_views) == len(spends)
+            and all(sum(view.lifetime for view in views) > 0 for views in spend_views)
         )
         if held or time.monotonic() > deadline:
+            await client.aclose()
             return held
         await asyncio.sleep(0.2)
 

@@ -19,6 +19,18 @@ from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules, Cap
 from streams.state.decision_book import DecisionBook, Deny, Reservation, Reserve, Verdict, Wait
 from streams.state.frequency import ALLOWED_LATENESS_MS, Impressions
+from streams.state.leases import (
+    Bank,
+    BudgetBank,
+    Covered,
+    Lease,
+    LeaseBook,
+    Policy,
+    Short,
+    Terms,
+    ToBank,
+    ToPartition,
+)
 from streams.state.spend import MS_PER_DAY, Spend
 
 MIDNIGHT = int(datetime(2024, 3, 10, tzinfo=UTC).timestamp() * 1000)
@@ -59,7 +71,6 @@ def evaluate(
     user_id: str | None = "u-1",
     t: int = T0,
     impressions: Impressions | None = None,
-    spent: Spend | None = None,
     request_id: str = "req-x",
 ) -> Verdict:
     return book.evaluate(
@@ -68,7 +79,6 @@ def evaluate(
         t=t,
         rules=rules,
         impressions=impressions,
-        spent=spent,
     )
 
 
@@ -144,14 +154,11 @@ def test_anonymous_users_on_a_campaign_without_caps_are_served() -> None:
     assert evaluate(DecisionBook(), rules, user_id=None) == Reserve(2_500)
 
 
-def test_anonymous_uncapped_users_are_never_capped_but_still_budgeted() -> None:
+def test_anonymous_uncapped_users_are_never_capped() -> None:
     rules = make_rules(caps=((1, 3600),), anonymous_policy="uncapped", lifetime="0.005")
     book = DecisionBook()
     full = Impressions(times=[T0])
     assert evaluate(book, rules, user_id=None, impressions=full) == Reserve(2_500)
-    assert evaluate(book, rules, user_id=None, spent=Spend(lifetime=2_501)) == Deny(
-        "budget_exhausted", "lifetime"
-    )
     # An anonymous reservation holds no cap slot: a known user's cap does not wait on it.
     book.reserve(reservation("anon", rules=rules, user_id=None))
     assert evaluate(book, rules, user_id="u-1") == Reserve(2_500)
@@ -198,36 +205,6 @@ def test_other_users_and_campaigns_do_not_count() -> None:
     book.reserve(reservation("r-other-user", rules=rules, user_id="u-2"))
     book.reserve(reservation("r-other-campaign", rules=other, user_id="u-1"))
     assert evaluate(book, rules, user_id="u-1") == Reserve(2_500)
-
-
-@pytest.mark.parametrize(
-    ("spent", "detail"),
-    [
-        (Spend(lifetime=97_501), "lifetime"),
-        (Spend(lifetime=97_500), None),
-        (Spend(lifetime=8_000, daily={MIDNIGHT // MS_PER_DAY: 7_501}), "daily"),
-        (Spend(lifetime=8_000, daily={MIDNIGHT // MS_PER_DAY: 7_500}), None),
-        (Spend(lifetime=100_000, daily={MIDNIGHT // MS_PER_DAY: 10_000}), "lifetime"),
-        (Spend(lifetime=1, daily={}, oldest_day=MIDNIGHT // MS_PER_DAY + 1), "daily (late)"),
-    ],
-)
-def test_budget_exhausted_names_the_budget(spent: Spend, detail: str | None) -> None:
-    rules = make_rules(caps=(), lifetime="0.1", daily="0.01")
-    verdict = evaluate(DecisionBook(), rules, spent=spent)
-    assert verdict == (Reserve(2_500) if detail is None else Deny("budget_exhausted", detail))
-
-
-def test_a_campaign_without_budgets_is_never_exhausted() -> None:
-    rules = make_rules(caps=())
-    book = DecisionBook()
-    book.reserve(reservation("r-1", rules=rules))
-    assert evaluate(book, rules, spent=Spend(lifetime=10**15)) == Reserve(2_500)
-
-
-def test_caps_are_checked_before_budgets() -> None:
-    rules = make_rules(caps=((1, 60),), lifetime="0")
-    verdict = evaluate(DecisionBook(), rules, impressions=Impressions(times=[T0]))
-    assert verdict == Deny("frequency_cap", "1/60s")
 
 
 # -- pending reservations ----------------------------------------------------------------------
@@ -280,23 +257,6 @@ def test_wait_when_a_pending_reservation_would_drop_what_the_windows_need() -> N
     assert evaluate(book, rules, t=late, impressions=Impressions(times=[T0])) == Reserve(2_500)
 
 
-def test_wait_when_a_pending_reservation_on_a_later_day_would_drop_the_day() -> None:
-    # One at a time, r-1 served five days later drops the request's day: `daily (late)`.
-    rules = make_rules(caps=(), daily="1.00")
-    book = DecisionBook()
-    book.reserve(reservation("r-1", rules=rules, t=MIDNIGHT + 5 * MS_PER_DAY))
-    assert evaluate(book, rules, t=MIDNIGHT + HOUR) == Wait(frozenset({"r-1"}))
-    spent = Spend()
-    spend.charge(spent, book.end("r-1").cost, MIDNIGHT + 5 * MS_PER_DAY)
-    assert evaluate(book, rules, t=MIDNIGHT + HOUR, spent=spent) == Deny(
-        "budget_exhausted", "daily (late)"
-    )
-    # Without a daily budget the day does not matter.
-    lifetime_only = make_rules(caps=(), lifetime="1.00")
-    book.reserve(reservation("r-2", rules=lifetime_only, t=MIDNIGHT + 5 * MS_PER_DAY))
-    assert evaluate(book, lifetime_only, t=MIDNIGHT + HOUR, spent=spent) == Reserve(2_500)
-
-
 def test_a_denial_names_a_cap_that_refuses_though_not_always_the_first() -> None:
     # The committed state alone refuses by the hourly cap, so the book denies at once
     # rather than wait for r-1. One at a time (r-1 served) the per-minute cap, listed
@@ -316,34 +276,6 @@ def test_a_denial_names_a_cap_that_refuses_though_not_always_the_first() -> None
     assert frequency.blocking_cap(served.times, [per_minute], T0) == per_minute
 
 
-def test_wait_on_budget_names_every_pending_reservation_of_the_campaign() -> None:
-    rules = make_rules(caps=(), lifetime="0.0075")  # room for three
-    book = DecisionBook()
-    for i in range(2):
-        book.reserve(reservation(f"r-{i}", rules=rules, user_id=f"u-{i}"))
-    other = make_rules(campaign_id="c-2", caps=(), lifetime="0.0025")
-    book.reserve(reservation("r-other", rules=other))
-    assert evaluate(book, rules, spent=Spend(lifetime=2_500)) == Wait(frozenset({"r-0", "r-1"}))
-    assert evaluate(book, rules, spent=Spend()) == Reserve(2_500)
-
-
-def test_pending_on_another_day_counts_for_lifetime_only() -> None:
-    rules = make_rules(caps=(), daily="0.005")
-    book = DecisionBook()
-    book.reserve(reservation("r-yesterday", rules=rules, t=MIDNIGHT - 1))
-    book.reserve(reservation("r-today", rules=rules, t=MIDNIGHT))
-    assert evaluate(book, rules, t=MIDNIGHT + 1) == Reserve(2_500)
-    book.reserve(reservation("r-today-2", rules=rules, t=MIDNIGHT + 5))
-    assert evaluate(book, rules, t=MIDNIGHT + 1) == Wait(
-        frozenset({"r-yesterday", "r-today", "r-today-2"})
-    )
-    lifetime = make_rules(caps=(), lifetime="0.005")
-    book = DecisionBook()
-    book.reserve(reservation("r-yesterday", rules=lifetime, t=MIDNIGHT - 1))
-    book.reserve(reservation("r-today", rules=lifetime, t=MIDNIGHT))
-    assert evaluate(book, lifetime, t=MIDNIGHT + 1) == Wait(frozenset({"r-yesterday", "r-today"}))
-
-
 def test_deny_not_wait_when_the_committed_state_alone_refuses() -> None:
     rules = make_rules(caps=((1, 3600),), lifetime="0.005")
     book = DecisionBook()
@@ -351,8 +283,6 @@ def test_deny_not_wait_when_the_committed_state_alone_refuses() -> None:
     book.reserve(reservation("r-2", rules=rules, user_id="u-2", t=T0 - 1))
     capped = evaluate(book, rules, impressions=Impressions(times=[T0 - MINUTE]))
     assert capped == Deny("frequency_cap", "1/3600s")
-    broke = evaluate(book, rules, user_id="u-3", spent=Spend(lifetime=5_000))
-    assert broke == Deny("budget_exhausted", "lifetime")
 
 
 def test_end_forgets_a_reservation_once() -> None:
@@ -508,7 +438,8 @@ def reference(
     rules = dict(rules)
     served: list[Request] = []
     impressions: dict[tuple[str, str | None], Impressions] = defaultdict(Impressions)
-    spends: dict[str, Spend] = defaultdict(Spend)
+    newest: dict[str, int] = {}
+    """Per campaign: the newest event time of a request that reached its budget."""
     expected: list[Expected] = []
     for r in events:
         if isinstance(r, Update):
@@ -535,10 +466,13 @@ def reference(
                 continue
         ours = [s for s in served if s.campaign_id == r.campaign_id]
         day = r.t // MS_PER_DAY
+        # A lease keeps a day for late requests while its event time is within DAYS_KEPT.
+        newest[r.campaign_id] = max(newest.get(r.campaign_id, r.t), r.t)
+        oldest_kept = newest[r.campaign_id] // MS_PER_DAY - spend.DAYS_KEPT + 1
         spent = len(ours) * rule.cost_micros
         spent_today = sum(rule.cost_micros for s in ours if s.t // MS_PER_DAY == day)
         exceeded = []
-        if lateness and rule.daily_micros is not None and day < spends[r.campaign_id].oldest_day:
+        if lateness and rule.daily_micros is not None and day < oldest_kept:
             exceeded.append("daily (late)")
         if rule.lifetime_micros is not None and spent + rule.cost_micros > rule.lifetime_micros:
             exceeded.append("lifetime")
@@ -551,7 +485,6 @@ def reference(
             if r.user_id is not None:  # capped campaign or not
                 keep = frequency.kept_ms(rule.longest_window_ms, history_ms)
                 frequency.record(impressions[key], r.t, keep, frequency.MAX_KEPT_IMPRESSIONS)
-            spend.charge(spends[r.campaign_id], rule.cost_micros, r.t)
             expected.append(Expected(("served", rule.cost_micros)))
         else:
             expected.append(Expected(("no_fill",)))
@@ -570,25 +503,61 @@ def assert_agree(outcomes: Sequence[Outcome], expected: Sequence[Expected]) -> N
 class Worker:
     """The worker's loop: decide in stream order while earlier upstream calls are in flight;
     a campaign update applies at once, to the requests after it, while reservations made
-    under the rules before it are still pending (as in `streams.worker.decide_stage`)."""
+    under the rules before it are still pending (as in `streams.worker.decide_stage`).
+    Budgets are one partition's lease, and its bank answers every ask at once."""
 
     rules: dict[str, CampaignRules]
     data: st.DataObject
     history_ms: int = frequency.DEFAULT_HISTORY_MS
+    policy: Policy = field(default_factory=Policy)
     book: DecisionBook = field(init=False)
+    lease_book: LeaseBook = field(init=False)
+    bank_rules: BudgetBank = field(init=False)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    banks: dict[str, Bank] = field(default_factory=dict)
     impressions: dict[tuple[str, str | None], Impressions] = field(default_factory=dict)
     spends: dict[str, Spend] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     fills: dict[str, bool] = field(default_factory=dict)
     waits: int = 0
+    requests: dict[str, Request] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rules = dict(self.rules)
         self.book = DecisionBook(self.history_ms)
+        self.lease_book = LeaseBook(self.policy)
+        self.bank_rules = BudgetBank(self.policy)
+
+    def exchange(self, rules: CampaignRules, events: list[ToBank]) -> None:
+        """The bank and the lease answer each other until neither has more to say."""
+        cid = rules.campaign_id
+        bank = self.banks.setdefault(cid, Bank(cid))
+        terms = Terms.of(rules)
+        answers: list[ToPartition] = []
+        if bank.terms is None or bank.terms.version < terms.version:
+            answers += self.bank_rules.configure(bank, terms)
+        while events or answers:
+            for event in events:
+                answers += self.bank_rules.receive(bank, event)
+            events = []
+            for answer in answers:
+                events += self.lease_book.receive(self.leases[cid], answer, terms)
+            answers = []
+
+    def take(self, rules: CampaignRules, t: int) -> Covered | Short:
+        lease = self.leases.setdefault(rules.campaign_id, Lease(rules.campaign_id, 0))
+        verdict, asks = self.lease_book.take(lease, Terms.of(rules), t)
+        self.exchange(rules, asks)
+        return verdict
 
     def end(self, request_id: str) -> None:
         ended = self.book.end(request_id)
         if not self.fills[request_id]:
+            rules = self.rules[ended.campaign_id]
+            lease = self.leases[ended.campaign_id]
+            self.exchange(
+                rules, self.lease_book.give_back(lease, Terms.of(rules), ended.t, ended.cost)
+            )
             self.outcomes[request_id] = ("no_fill",)
             return
         if ended.recorded:
@@ -606,9 +575,17 @@ class Worker:
         for request_id in self.data.draw(st.permutations(sorted(request_ids)), label=label):
             self.end(request_id)
 
+    def pending(self, campaign_id: str | None = None) -> list[str]:
+        return [
+            rid
+            for rid, o in self.outcomes.items()
+            if o == ("pending",) and campaign_id in (None, self.requests[rid].campaign_id)
+        ]
+
     def decide(self, r: Request) -> None:
+        self.requests[r.request_id] = r
         self.fills[r.request_id] = r.fills
-        pending = [rid for rid, o in self.outcomes.items() if o == ("pending",)]
+        pending = self.pending()
         if pending:
             finished = self.data.draw(
                 st.lists(st.sampled_from(pending), unique=True, max_size=1),
@@ -623,12 +600,11 @@ class Worker:
                 t=r.t,
                 rules=rules,
                 impressions=self.impressions.get((r.campaign_id, r.user_id)),
-                spent=self.spends.get(r.campaign_id),
             )
             if not isinstance(verdict, Wait):
                 break
             self.waits += 1
-            still_pending = {rid for rid, o in self.outcomes.items() if o == ("pending",)}
+            still_pending = set(self.pending())
             assert verdict.on and verdict.on <= still_pending
             self.end_some(sorted(verdict.on), label="awaited, ending in the order")
         if isinstance(verdict, Deny):
@@ -636,6 +612,18 @@ class Worker:
             return
         assert rules is not None
         assert verdict.cost == rules.cost_micros
+        waits = 0
+        while not isinstance(covered := self.take(rules, r.t), Covered):
+            ours = self.pending(rules.campaign_id)
+            if ours:  # a reservation released may give its cost back to the lease
+                self.end_some(ours, label="short: ending the campaign's reservations")
+            elif covered.dry is None:
+                # Each wait pools another day's lease at the bank; there are few of them.
+                waits += 1
+                assert waits <= 2 + len(self.leases[rules.campaign_id].accounts), "stuck"
+            else:
+                self.outcomes[r.request_id] = ("denied", "budget_exhausted", covered.dry)
+                return
         self.book.reserve(
             self.book.reservation_for(r.request_id, rules, r.user_id, r.t, verdict.cost)
         )

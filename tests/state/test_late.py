@@ -116,7 +116,6 @@ class Partition:
                 t=r.t,
                 rules=rules,
                 impressions=impressions,
-                spent=None,
                 aged_out_by=aged_out_by,
             )
             if not isinstance(verdict, Wait):

@@ -72,7 +72,10 @@ class World:
     floor_on: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
     """What was out at the bank at its last budget change (lifetime; per day)."""
     denied_dry: int = 0
-    taken: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    taken: dict[int, list[tuple[int, int, int, Terms]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """Per partition: (event time, cost, what of it a lease covered, the terms taken under)."""
 
     def __post_init__(self) -> None:
         for p in range(self.n):
@@ -116,9 +119,11 @@ class World:
         verdict, events = self.book.take(self.leases[p], terms, t)
         self.emit_to_bank(events)
         if isinstance(verdict, Covered):
-            self.spent += verdict.cost
-            self.spent_on[utc_day(t)] += verdict.cost
-            self.taken[p].append((t, verdict.cost))
+            # Spent without a budget is no lease's: a budget set later counts from then on.
+            leased = verdict.cost if terms.limited else 0
+            self.spent += leased
+            self.spent_on[utc_day(t)] += leased
+            self.taken[p].append((t, verdict.cost, leased, terms))
             self.check_spend(utc_day(t))
         elif verdict.dry is not None:
             self.denied_dry += 1
@@ -127,10 +132,11 @@ class World:
     def release(self, p: int) -> None:
         """The newest reservation of `p` ends without an ad."""
         if self.taken[p]:
-            t, cost = self.taken[p].pop()
-            self.spent -= cost
-            self.spent_on[utc_day(t)] -= cost
-            self.emit_to_bank(self.book.give_back(self.leases[p], self.rules(p), t, cost))
+            t, cost, leased, terms = self.taken[p].pop()
+            self.spent -= leased
+            self.spent_on[utc_day(t)] -= leased
+            # As the stage does: given back under the rules the reservation was taken by.
+            self.emit_to_bank(self.book.give_back(self.leases[p], terms, t, cost))
 
     def check_spend(self, day: int) -> None:
         terms = self.terms[self.bank_seen]
