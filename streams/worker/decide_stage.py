@@ -287,11 +287,13 @@ class Decider:
         if self.lookaside is not None and (batch.changes.caps or spent):
             # Every lease held here of a campaign that spent: a Redis emptied meanwhile
             # gets this worker's whole share back at once.
-            for lease in self.desk.leases_of(spent):
-                rules = self.view.get(lease.campaign_id)
-                if rules is not None:
-                    key = (lease.campaign_id, lease.partition)
-                    batch.changes.spend[key] = (lease.spend(), rules)
+            owned = {tp.partition for tp in self._last if tp.topic == self.topics.requests}
+            for campaign_id in spent:
+                rules = self.view.get(campaign_id)
+                if rules is None:
+                    continue
+                for lease in self.tables.leases_at(campaign_id, owned):
+                    batch.changes.spend[(campaign_id, lease.partition)] = (lease.spend(), rules)
             self.lookaside.write(batch.changes)
 
     def finished(self) -> dict[TP, int]:

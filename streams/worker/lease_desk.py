@@ -40,7 +40,6 @@ from streams.state.leases import (
     from_record,
     to_record,
 )
-from streams.state.spend import Spend
 from streams.worker.campaign_view import CampaignView
 from streams.worker.outputs import Outputs
 from streams.worker.tables import Tables, lease_key
@@ -86,16 +85,6 @@ class LeaseDesk:
         """A reservation `take` covered ended without an ad."""
         lease = self._lease(rules.campaign_id, source)
         await self._send(self.book.give_back(lease, Terms.of(rules), t, cost), source)
-
-    def spend(self, campaign_id: str) -> list[Spend]:
-        """What each lease of the campaign this worker holds has spent (between batches)."""
-        return [lease.spend() for lease in self.leases_of({campaign_id})]
-
-    def leases_of(self, campaign_ids: set[str]) -> list[Lease]:
-        """The leases of these campaigns this worker holds (between batches)."""
-        return [
-            lease for _, lease in self.tables.leases.items() if lease.campaign_id in campaign_ids
-        ]
 
     # --- events from budget-leases --------------------------------------------------------
 

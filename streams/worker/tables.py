@@ -21,7 +21,7 @@ rebuilt from a restored table (`streams.state.expiry`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import faust
@@ -168,3 +168,8 @@ class Tables:
         self.frequency = table("frequency", CapEntry)
         self.leases = table("leases", Lease)
         self.banks = table("banks", Bank)
+
+    def leases_at(self, campaign_id: str, partitions: Iterable[int]) -> list[Lease]:
+        """The campaign's leases on these partitions, those that exist."""
+        found = (self.leases.get(lease_key(campaign_id, p)) for p in partitions)
+        return [lease for lease in found if lease is not None]
