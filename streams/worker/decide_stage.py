@@ -157,9 +157,6 @@ class Parking:
             else:
                 del self._by_lease[lease]
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
 
 class Decider:
     def __init__(
