@@ -6,6 +6,7 @@ record, not the transaction markers and aborted records after it."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -44,18 +45,20 @@ async def consumer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     await reader.stop()
 
 
-async def filled(bootstrap: str, topic: str, per_partition: int) -> list[TopicPartition]:
-    """A topic of two partitions holding `per_partition` records each."""
-    await create_topic(bootstrap, topic, 2)
+async def filled(
+    bootstrap: str, topic: str, per_partition: int, *, partitions: int = 2
+) -> list[TopicPartition]:
+    """A topic of `partitions` partitions holding `per_partition` records each."""
+    await create_topic(bootstrap, topic, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        for partition in (0, 1):
+        for partition in range(partitions):
             for index in range(per_partition):
                 await producer.send_and_wait(topic, f"{index}".encode(), partition=partition)
     finally:
         await producer.stop()
-    return [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    return [TopicPartition(topic, partition) for partition in range(partitions)]
 
 
 async def buffered(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
@@ -88,6 +91,35 @@ async def test_a_fetch_for_no_partition_takes_none(
     assert isinstance(fetched, Fetched)
     assert fetched.positions == {partitions[0]: 3}
     assert await consumer.position(partitions[1]) == 0
+
+
+async def test_records_of_the_first_topics_come_before_a_backlog(
+    kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
+) -> None:
+    """Item 12: a lease grant fetched after thousands of requests reached the stage only once
+    all of them had, so every request parked on that lease waited for it."""
+    backlog = await filled(kafka_bootstrap, f"{unique_name}-requests", 50)
+    (control,) = await filled(kafka_bootstrap, f"{unique_name}-leases", 1, partitions=1)
+    await buffered(consumer, [*backlog, control])
+    fetcher: Any = consumer._fetcher
+    deadline = asyncio.get_running_loop().time() + 10
+    while not all(tp in fetcher._records for tp in (*backlog, control)):
+        assert asyncio.get_running_loop().time() < deadline, "aiokafka never held all three"
+        await asyncio.sleep(0.05)
+
+    asked = {*backlog, control}
+    fetched = await fetch_asked(
+        faust_fetch(),
+        consumer,
+        asked,
+        timeout=5.0,
+        max_records=10,
+        first=frozenset({control.topic}),
+    )
+    assert isinstance(fetched, Fetched)
+    assert [r.offset for r in fetched[control]] == [0]
+    assert sum(map(len, fetched.values())) == 10  # the rest of the bound went to the backlog
+    assert set(fetched.positions) == set(fetched)
 
 
 async def test_records_faust_did_not_deliver_are_fetched_again(

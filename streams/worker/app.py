@@ -49,7 +49,7 @@ from streams.worker.decide_stage import Decider, Lookaside, Resolver
 from streams.worker.event_context import event_context
 from streams.worker.exit_status import FAILED_EXIT
 from streams.worker.faust_version import check_faust_version
-from streams.worker.kafka_transport import broker_url
+from streams.worker.kafka_transport import Consumer, broker_url
 from streams.worker.lease_desk import LeaseDesk
 from streams.worker.metrics import Metrics
 from streams.worker.outputs import Outputs
@@ -115,6 +115,9 @@ def create_worker(
         web_host=settings.web_host,
         web_in_thread=False,
         producer_linger_ms=1,
+        # Faust hands a fetch's records over one by one before it fetches again: a bound keeps
+        # a lease grant from waiting behind a whole backlog of requests (kafka_transport, 12).
+        broker_max_poll_records=settings.batch_size,
         # Decisions are ~2.5 KB (the VAST document rides along): aiokafka's 16 KB batches
         # made a batch of decisions wait on the broker once per handful of records.
         producer_max_batch_size=512 * 1024,
@@ -166,6 +169,8 @@ def create_worker(
     ) -> None:
         committer.install()
         skipped.install()
+        # Grants wake parked requests: they must not wait behind them (kafka_transport, 12).
+        cast(Consumer, app.consumer).deliver_first([topics.leases])
         await view.caught_up.wait()
         batches: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).take_events(
             settings.batch_size, settings.batch_wait_s

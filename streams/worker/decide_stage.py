@@ -26,6 +26,7 @@ replays the parked one and drops the others as duplicates.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,10 +115,17 @@ class Parking:
     def __init__(self) -> None:
         self._by_lease: dict[LeaseOf, list[_Parked]] = {}
         self._ids: set[str] = set()
+        # Each partition's parked offsets, and a heap of them that may hold some no longer
+        # parked: asked after every batch, the earliest costs no walk over every request.
+        self._offsets: dict[TP, set[int]] = {}
+        self._earliest: dict[TP, list[int]] = {}
 
     def park(self, lease: LeaseOf, event: EventT[Any], request: AdRequest) -> None:
         self._by_lease.setdefault(lease, []).append(_Parked(event, request))
         self._ids.add(request.context.request_id)
+        tp, offset = event.message.tp, event.message.offset
+        self._offsets.setdefault(tp, set()).add(offset)
+        heapq.heappush(self._earliest.setdefault(tp, []), offset)
 
     def waiting(self, lease: LeaseOf) -> bool:
         return lease in self._by_lease
@@ -129,6 +137,7 @@ class Parking:
         parked = self._by_lease.pop(lease, [])
         for p in parked:
             self._ids.discard(p.request.context.request_id)
+            self._offsets[p.event.message.tp].discard(p.event.message.offset)
         return parked
 
     def leases_of(self, campaign_id: str) -> list[LeaseOf]:
@@ -136,17 +145,17 @@ class Parking:
 
     def first_offset(self, tp: TP) -> int | None:
         """The offset of `tp`'s earliest parked request: nothing from it on may commit."""
-        offsets = [
-            p.event.message.offset
-            for parked in self._by_lease.values()
-            for p in parked
-            if p.event.message.tp == tp
-        ]
-        return min(offsets, default=None)
+        earliest, parked = self._earliest.get(tp), self._offsets.get(tp)
+        while earliest and (parked is None or earliest[0] not in parked):
+            heapq.heappop(earliest)
+        return earliest[0] if earliest else None
 
     def forget(self, partitions: Iterable[TP]) -> None:
         """Partitions moved away: their new owner decides their parked requests."""
         gone = set(partitions)
+        for tp in gone:
+            self._offsets.pop(tp, None)
+            self._earliest.pop(tp, None)
         for lease, parked in list(self._by_lease.items()):
             kept = [p for p in parked if p.event.message.tp not in gone]
             for p in parked:
