@@ -23,6 +23,8 @@ REQUESTS = "ad-requests"
 CAMPAIGNS = "campaigns"
 SERVED = "ad-served"
 DENIED = "ad-denied"
+LEASES = "budget-leases"
+"""adstream's own: asks and grants between its deciding partitions and its budget banks."""
 # The peer's intermediate topic: requests re-keyed by campaign_id.
 PEER_BY_CAMPAIGN = "peer-by-campaign"
 

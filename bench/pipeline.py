@@ -55,6 +55,7 @@ from aiokafka import AIOKafkaProducer
 from bench._contract import (
     CAMPAIGNS,
     DENIED,
+    LEASES,
     PEER_BY_CAMPAIGN,
     PREFIX_ENV,
     REQUESTS,
@@ -163,7 +164,7 @@ def adstream_contender(settings: Mapping[str, str] | None = None) -> Contender:
             "ADSTREAM_PARTITIONS": "{partitions}",
             **(settings or {}),
         },
-        reads=(REQUESTS, CAMPAIGNS),
+        reads=(REQUESTS, CAMPAIGNS, LEASES),
         writes=(SERVED, DENIED, f"{REQUESTS}-dlq"),
         ready_url=f"http://127.0.0.1:{web_port}{READY_PATH}",
     )
@@ -334,8 +335,14 @@ class Deployment:
     decision reader: what a run needs around the contender's process."""
 
     def __init__(
-        self, contender: Contender, partitions: int, services: Services, vast_url: str
+        self,
+        contender: Contender,
+        partitions: int,
+        services: Services,
+        vast_url: str,
+        campaign_ids: Sequence[str] = CAMPAIGN_IDS,
     ) -> None:
+        """`campaign_ids`: the campaigns the requests name (every one is published)."""
         self.contender = contender
         self.partitions = partitions
         self.services = services
@@ -346,7 +353,7 @@ class Deployment:
         self.reader = DecisionReader(
             bootstrap, [self.prefix + suffix for suffix in contender.decisions], self.prefix
         )
-        self.source = RequestSource(self.producer, self.prefix + REQUESTS, CAMPAIGN_IDS, USERS)
+        self.source = RequestSource(self.producer, self.prefix + REQUESTS, campaign_ids, USERS)
 
     async def __aenter__(self) -> Deployment:
         topics = dict.fromkeys(self.contender.reads + self.contender.writes, self.partitions)
@@ -373,23 +380,26 @@ class Deployment:
         await self.reader.stop()
         await self.producer.stop()
 
-    def start(self, work_dir: Path, label: str | None = None) -> MeasuredProcess:
-        """Start the contender in `work_dir/<label>` (a fresh folder), logging to
-        `work_dir/<label>.log`."""
-        label = label or self.contender.name
+    def start(
+        self, work_dir: Path, label: str | None = None, contender: Contender | None = None
+    ) -> MeasuredProcess:
+        """Start the contender (or another process of it, `contender`: its own web port) in
+        `work_dir/<label>` (a fresh folder), logging to `work_dir/<label>.log`."""
+        contender = contender or self.contender
+        label = label or contender.name
         scratch = work_dir / label
         scratch.mkdir()
         values = {"prefix": self.prefix, "scratch": scratch, "partitions": self.partitions}
         env = {
             **os.environ,
-            **{name: value.format(**values) for name, value in self.contender.env.items()},
+            **{name: value.format(**values) for name, value in contender.env.items()},
             "KAFKA_BOOTSTRAP_SERVERS": self.services.kafka_bootstrap_servers,
             "REDIS_URL": self.services.redis_url,
             PREFIX_ENV: self.prefix,
             "PYTHONPATH": pythonpath(),
         }
         return MeasuredProcess(
-            self.contender.name, self.contender.argv, env, scratch, work_dir / f"{label}.log"
+            contender.name, contender.argv, env, scratch, work_dir / f"{label}.log"
         )
 
     async def latency_phase(
