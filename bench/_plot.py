@@ -4,7 +4,7 @@ report's numbers as bar charts, one panel per metric. Each benchmark says which 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -17,8 +17,8 @@ DPI = 100
 class Panel(msgspec.Struct, frozen=True):
     title: str
     """The metric and its unit."""
-    bars: dict[str, float]
-    """Label -> value, drawn top to bottom in this order."""
+    bars: Mapping[str, float | None]
+    """Label -> value, drawn top to bottom in this order; None (not measured) is left out."""
 
 
 def save_beside(report: Path, title: str, panels: Sequence[Panel]) -> Path:
@@ -30,7 +30,8 @@ def save_beside(report: Path, title: str, panels: Sequence[Panel]) -> Path:
     for i, panel in enumerate(panels):
         axes = figure.add_subplot(rows, COLUMNS, i + 1)
         axes.set_title(panel.title, fontsize="medium")
-        labels, values = list(panel.bars), list(panel.bars.values())
+        measured = {label: value for label, value in panel.bars.items() if value is not None}
+        labels, values = list(measured), list(measured.values())
         bars = axes.barh(labels, values, height=0.6)
         axes.bar_label(bars, fmt=_number, padding=3, fontsize="small")
         axes.set_xlim(0, max(values, default=1) * 1.2 or 1)

@@ -2,8 +2,8 @@
 
 Decisions become visible to read_committed readers only when their Kafka transaction commits,
 every `ADSTREAM_COMMIT_INTERVAL_S`; a consumer fetch with too little data waits up to
-`ADSTREAM_FETCH_WAIT_MS` at the broker, once on `ad-requests` and once more on the internal
-`requests-by-campaign` topic. Shorter means lower latency and more CPU per decision (more
+`ADSTREAM_FETCH_WAIT_MS` at the broker (on `ad-requests`, and on `budget-leases` for a lease's
+refill). Shorter means lower latency and more CPU per decision (more
 transactions, more fetches). This runs only adstream's latency phase of `bench.pipeline`
 (same harness, campaigns, upstream and request source) for each combination of the settings:
 

@@ -108,6 +108,7 @@ RATIO_METRICS = (
     ("throughput", "cpu_us_per_decision"),
     ("latency", "p50_ms"),
     ("latency", "p99_ms"),
+    ("half_capacity", "p99_ms"),
 )
 
 
@@ -493,6 +494,13 @@ async def run_contender(
             result["latency"] = await deployment.latency_phase(
                 process, options.rate, options.seconds
             )
+            capacity = result["throughput"]["decisions_per_s"]
+            if capacity:
+                # Its own half: what the contender's latency is when it is not the bottleneck.
+                print(f"{contender.name}: {capacity / 2:.0f} requests/s (half its own rate)")
+                result["half_capacity"] = await deployment.latency_phase(
+                    process, capacity / 2, options.seconds
+                )
         finally:
             if process is not None:
                 result["stopped_by"] = await process.stop(STOP_GRACE_S)
@@ -561,23 +569,25 @@ def print_table(report: dict[str, Any]) -> None:
     def cell(value: float | None, digits: int) -> str:
         return f"{value:>{width},.{digits}f}" if value is not None else f"{'-':>{width}}"
 
-    columns = ["decisions/s", "CPU us/dec", "p50 ms", "p99 ms", "CPU us/dec@r", "missing", "dups"]
+    columns = ["decisions/s", "CPU us/dec", "p50 ms", "p99 ms", "p99 ms@half", "CPU us/dec@r"]
+    columns += ["missing", "dups"]
     columns.append("busy cores")
     print(f"\n{'':<16}" + "".join(f"{column:>{width}}" for column in columns))
     for name, result in report["contenders"].items():
         if "error" in result:
             print(f"{name:<16}failed (see above)")
             continue
-        throughput, latency = result["throughput"], result["latency"]
+        phases = [p for p in ("throughput", "latency", "half_capacity") if p in result]
         print(
             f"{name:<16}"
             + cell(metric(result, "throughput", "decisions_per_s"), 0)
             + cell(metric(result, "throughput", "cpu_us_per_decision"), 0)
             + cell(metric(result, "latency", "p50_ms"), 1)
             + cell(metric(result, "latency", "p99_ms"), 1)
+            + cell(metric(result, "half_capacity", "p99_ms"), 1)
             + cell(metric(result, "latency", "cpu_us_per_decision"), 0)
-            + f"{throughput['missing'] + latency['missing']:>{width}}"
-            + f"{throughput['duplicates'] + latency['duplicates']:>{width}}"
+            + f"{sum(result[p]['missing'] for p in phases):>{width}}"
+            + f"{sum(result[p]['duplicates'] for p in phases):>{width}}"
             # The whole machine's load in the throughput phase, the contender's included: on
             # a shared machine, more than the run's own processes explain means noise.
             + cell(metric(result, "throughput", "machine_busy_cores"), 2)
@@ -604,12 +614,13 @@ def panels(report: dict[str, Any]) -> list[Panel]:
     """What the picture beside the report shows: each contender's main numbers."""
     ran = {name: result for name, result in report["contenders"].items() if "error" not in result}
     return [
-        Panel(title, {name: result[phase][key] for name, result in ran.items()})
+        Panel(title, {name: result.get(phase, {}).get(key) for name, result in ran.items()})
         for title, phase, key in (
             ("decisions/s (throughput phase)", "throughput", "decisions_per_s"),
             ("CPU us per decision (throughput phase)", "throughput", "cpu_us_per_decision"),
             ("p50 latency, ms (latency phase)", "latency", "p50_ms"),
             ("p99 latency, ms (latency phase)", "latency", "p99_ms"),
+            ("p99 latency, ms (at half its own rate)", "half_capacity", "p99_ms"),
         )
     ]
 
@@ -628,7 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "error" not in result
         and all(
             result[phase]["missing"] == 0 and result[phase]["duplicates"] == 0
-            for phase in ("throughput", "latency")
+            for phase in ("throughput", "latency", "half_capacity")
+            if phase in result
         )
         for result in report["contenders"].values()
     )

@@ -73,6 +73,10 @@ class Settings(msgspec.Struct, frozen=True):
     """How long the timeouts in a row must have lasted: one stall of an upstream times out
     every request then in flight at once, and should not shut it for a cooldown."""
     standby_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+    gc_freeze: bool = False
+    """Once ready, exempt everything alive from garbage collection (`streams.worker.collector`)."""
+    gc_gen0: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The garbage collector's youngest-generation threshold (None: Python's 700)."""
     stall_warning_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     """A partition with requests waiting and no commit for this long is logged as stalled."""
     block_private_addresses: bool = False
@@ -116,6 +120,8 @@ class Settings(msgspec.Struct, frozen=True):
         "breaker_cooldown_s": "ADSTREAM_BREAKER_COOLDOWN_S",
         "breaker_min_failing_s": "ADSTREAM_BREAKER_MIN_FAILING_S",
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
+        "gc_freeze": "ADSTREAM_GC_FREEZE",
+        "gc_gen0": "ADSTREAM_GC_GEN0",
         "stall_warning_s": "ADSTREAM_STALL_WARNING_S",
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
         "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",

@@ -43,6 +43,7 @@ from streams.topics import Partitions, Topics, key_partition
 from streams.vast.breaker import CircuitBreaker
 from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
+from streams.worker.collector import freeze_start_up
 from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
@@ -218,6 +219,9 @@ def create_worker(
 
     @app.agent(raw_topic(topics.requests, topics.leases), name="decide")
     async def decide(stream: StreamT[Any]) -> None:
+        if settings.gc_freeze:
+            await view.caught_up.wait()  # restored, rules read: what stays is alive now
+            freeze_start_up()
         await run_stage(
             stream, decider.handle, outputs, journals["decide"], lambda _: decider.finished()
         )

@@ -24,6 +24,7 @@ from streams.vast.breaker import CircuitBreaker
 from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
 from streams.worker.app import create_worker
+from streams.worker.collector import set_young_threshold
 from streams.worker.local_state import LocalState
 from streams.worker.metrics import Metrics
 from streams.worker.tables import changelog_partitions
@@ -66,6 +67,7 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
     if settings.event_loop == "uvloop":
         # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    set_young_threshold(settings.gc_gen0)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     topics = Topics.named(settings.topic_prefix)
     partitions = asyncio.run(
