@@ -92,20 +92,15 @@ class Metrics:
         )
         self.campaign_spend = Gauge(
             "adstream_campaign_spend_micros",
-            "Spend of each campaign in force on this worker, in micros of its currency: "
-            "lifetime, and on the newest UTC day of event time (window=day).",
+            "Spend of each campaign by the partitions this worker owns (their leases), in "
+            "micros of its currency: lifetime, and on the newest UTC day of event time "
+            "(window=day). A campaign's spend is the sum over the workers.",
             ["campaign", "currency", "window"],
             registry=registry,
         )
         self.campaign_budget = Gauge(
             "adstream_campaign_budget_micros",
             "The budget of each campaign in force (absent when unlimited), in micros.",
-            ["campaign", "currency", "window"],
-            registry=registry,
-        )
-        self.campaign_remaining = Gauge(
-            "adstream_campaign_remaining_micros",
-            "Budget left of each campaign in force (absent when unlimited), in micros.",
             ["campaign", "currency", "window"],
             registry=registry,
         )
@@ -144,7 +139,6 @@ class Metrics:
             self.committed_offset,
             self.campaign_spend,
             self.campaign_budget,
-            self.campaign_remaining,
             self.breaker_open,
             self.breaker_timeouts,
         ):
@@ -156,9 +150,9 @@ class Metrics:
             if part.committed is not None:
                 self.committed_offset.labels(**labels).set(part.committed)
         for campaign in status.campaigns:
-            for window, spent, budget, remaining in (
-                ("lifetime", campaign.spent, campaign.budget, campaign.remaining),
-                ("day", campaign.spent_on_day, campaign.daily_budget, campaign.remaining_on_day),
+            for window, spent, budget in (
+                ("lifetime", campaign.spent, campaign.budget),
+                ("day", campaign.spent_on_day, campaign.daily_budget),
             ):
                 labels = {
                     "campaign": campaign.campaign_id,
@@ -166,9 +160,8 @@ class Metrics:
                     "window": window,
                 }
                 self.campaign_spend.labels(**labels).set(spent)
-                if budget is not None and remaining is not None:
+                if budget is not None:
                     self.campaign_budget.labels(**labels).set(budget)
-                    self.campaign_remaining.labels(**labels).set(remaining)
         for endpoint in status.endpoints:
             self.breaker_open.labels(endpoint=endpoint.endpoint).set(int(endpoint.open))
             self.breaker_timeouts.labels(endpoint=endpoint.endpoint).set(endpoint.timeouts)

@@ -27,7 +27,7 @@ JOB = "adstream-worker"
 
 
 def test_the_alert_rules_and_the_scrape_example_pass_promtool(tmp_path: Path) -> None:
-    assert "SUCCESS: 6 rules found" in promtool(["check", "rules", "alerts.yml"], tmp_path, RULES)
+    assert "SUCCESS: 7 rules found" in promtool(["check", "rules", "alerts.yml"], tmp_path, RULES)
     assert "SUCCESS" in promtool(["test", "rules", "alerts_test.yml"], tmp_path, RULES)
     promtool(["check", "config", "prometheus.yml"], tmp_path, RULES)
 
