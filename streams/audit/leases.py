@@ -38,7 +38,6 @@ from models.codec import InvalidEvent, decode_lease_record
 from models.money import MoneyError, from_micros
 from streams.audit.findings import Record
 from streams.invariants import utc
-from streams.state.campaigns import CampaignRules
 from streams.state.leases import (
     LIFETIME,
     Held,
@@ -47,12 +46,16 @@ from streams.state.leases import (
     LeaseReclaim,
     LeaseReturn,
     Ledger,
+    Terms,
     from_record,
 )
 from streams.state.spend import MS_PER_DAY
 
 AccountKey = tuple[str, int, int]
 """(campaign_id, deciding partition, UTC day or `LIFETIME`)."""
+
+Budgets = Mapping[tuple[str, int], Terms]
+"""(campaign_id, version) -> the lease rules' terms of that configuration."""
 
 LeaseKind = Literal["lease_overspent", "lease_overgranted", "lease_invalid"]
 
@@ -169,7 +172,7 @@ class LeaseHistory:
 def breaches(
     history: LeaseHistory,
     served: Iterable[Served],
-    versions: Mapping[tuple[str, int], CampaignRules],
+    versions: Budgets,
 ) -> list[LeaseBreach]:
     """Every way the history breaks (a) or (b) of the module's docstring."""
     return [
@@ -230,9 +233,7 @@ def overreported(history: LeaseHistory) -> list[LeaseBreach]:
     return found
 
 
-def overgranted(
-    history: LeaseHistory, versions: Mapping[tuple[str, int], CampaignRules]
-) -> list[LeaseBreach]:
+def overgranted(history: LeaseHistory, versions: Budgets) -> list[LeaseBreach]:
     """Grants beyond their budget, or naming a budget their configuration does not have;
     what is out at the end beyond the newest grant's budget."""
     found = []
@@ -292,16 +293,16 @@ def _grant_problem(
     key: AccountKey,
     grant: _Grant,
     returns: list[_Report],
-    versions: Mapping[tuple[str, int], CampaignRules],
+    versions: Budgets,
 ) -> tuple[bool, str] | None:
     """(invalid, why) when a grant breaks a rule: invalid for a budget its configuration
     lacks, else for more out on its partition than its budget."""
     campaign_id, _, account = key
     name = f"{account_name(key)}: grant {grant.seq}"
-    rules = versions.get((campaign_id, grant.version))
-    if rules is None:
+    terms = versions.get((campaign_id, grant.version))
+    if terms is None:
         return True, f"{name} names version {grant.version}, no configuration of the campaign"
-    if (rules.lifetime_micros, rules.daily_micros) != (grant.lifetime_limit, grant.daily_limit):
+    if (terms.lifetime, terms.daily) != (grant.lifetime_limit, grant.daily_limit):
         return True, f"{name} carries another budget than version {grant.version}'s"
     if (account == LIFETIME) != (grant.daily_limit is None):
         return True, f"{name} is of an account its budget does not have"

@@ -242,7 +242,9 @@ class _Verification:
             if breach.request_id in inside:
                 self.flag(breach.kind, breach.request_id, breach.detail)
         for lease_breach in lease_breaches(
-            auditor.leases, self._spent_from_leases(served), self.configs.versions
+            auditor.leases,
+            self._spent_from_leases(served),
+            {key: Terms.of(rules) for key, rules in self.configs.versions.items()},
         ):
             if lease_breach.timestamp in self.window:
                 self.flag(lease_breach.kind, lease_breach.request_id, lease_breach.detail)

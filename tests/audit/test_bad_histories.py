@@ -62,6 +62,8 @@ async def forged(kafka_bootstrap: str) -> AsyncIterator[Forged]:
         for item in spenders:
             decide(item, served(item, budget))
         expected.add(("budget_exceeded", spenders[2].context.request_id))
+        # None of them spent from a lease: the first is beyond what its partition holds.
+        expected.add(("lease_overspent", spenders[0].context.request_id))
         # A duplicate decision.
         twice = request("plain", T, "u-twice")
         decide(twice, served(twice, plain))
