@@ -100,6 +100,16 @@ class Served(msgspec.Struct, frozen=True):
     timestamp: int
 
 
+def placed(
+    request_id: str, campaign_id: str, partition: int, offset: int, cost: int, t: int, terms: Terms
+) -> Served | None:
+    """A served decision on the lease it spent from: its request's partition, the account
+    its configuration's budget names; None when no budget bounds it or it was free."""
+    if not terms.limited or cost == 0:
+        return None
+    return Served(request_id, (campaign_id, partition, terms.account(t)), offset, cost, t)
+
+
 def account_name(key: AccountKey) -> str:
     campaign_id, partition, account = key
     day = "lifetime" if account == LIFETIME else _day(account)

@@ -57,7 +57,7 @@ from streams.audit.findings import (
     Violation,
     ViolationKind,
 )
-from streams.audit.leases import LeaseHistory, Served
+from streams.audit.leases import LeaseHistory, Served, placed
 from streams.audit.leases import breaches as lease_breaches
 from streams.audit.window import Window, iso
 from streams.decision_reader import Decision
@@ -254,7 +254,7 @@ class _Verification:
     def _spent_from_leases(self, served: list[Decision]) -> list[Served]:
         """The served decisions a budget bounds, each on the lease it spent: of its
         request's partition, in the account its configuration's budget names."""
-        placed = []
+        spent = []
         for decision in served:
             payload = decision.payload
             request = self.matched.get(payload["request_id"])
@@ -262,14 +262,18 @@ class _Verification:
             rules = None if version is None else self.configs.rules(payload["campaign_id"], version)
             if request is None or rules is None:
                 continue  # reported as no request or a wrong version
-            terms = Terms.of(rules)
-            cost = to_micros(payload["cost"])
-            if not terms.limited or cost == 0:
-                continue  # no budget to lease, or free
-            t = payload["timestamp"]
-            account = (payload["campaign_id"], request.partition, terms.account(t))
-            placed.append(Served(payload["request_id"], account, request.offset, cost, t))
-        return placed
+            found = placed(
+                payload["request_id"],
+                payload["campaign_id"],
+                request.partition,
+                request.offset,
+                to_micros(payload["cost"]),
+                payload["timestamp"],
+                Terms.of(rules),
+            )
+            if found is not None:
+                spent.append(found)
+        return spent
 
     def _timeline(self, kept: list[Decision]) -> Timeline:
         """Peaks and budgets under each campaign's newest configuration."""
