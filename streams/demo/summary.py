@@ -434,6 +434,7 @@ def render(summary: Summary) -> str:
         tables = any(row.tables is not None for row in summary.spend)
         sections.append(
             "invariants held: exactly one decision per request, no cap or budget exceeded"
+            + (", no lease overspent or overgranted" if summary.leases else "")
             + (
                 ",\n  the worker's tables hold exactly the spend of the served events"
                 if tables
