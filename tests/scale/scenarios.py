@@ -1413,7 +1413,9 @@ async def lease_holder_killed(env: Env, size: Size) -> Result:
         await deployment.add_worker()
         count = size.lease_requests
         url = ad_url(env)
-        ids = campaign_ids(4, partitions, "lease")
+        # Keyed to every other partition: whichever half the killed worker holds, it holds
+        # the banks of two campaigns.
+        ids = campaign_ids(partitions, partitions, "lease")[::2]
         budget = from_micros(count // len(ids) * 6 // 10 * 2500)  # 60% of its requests
         campaigns = {
             campaign_id: campaign(
