@@ -128,6 +128,7 @@ RECOVERY_KEYS = {
     "hostile_upstreams": ["longest_pause_between_decisions"],
     "bad_input": ["published_to_all_decided"],
     "hostile_input": ["published_to_all_decided"],
+    "lease_holder_killed": ["kill_to_first_decision_on_moved_partition"],
 }
 
 
