@@ -28,8 +28,10 @@ state is.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from itertools import accumulate
 from typing import Literal
 
 import msgspec
@@ -179,6 +181,20 @@ class LeaseHistory:
         return {campaign_id: dict(partitions) for campaign_id, partitions in found.items()}
 
 
+class _Before:
+    """(position, value) pairs: the most value among those placed before a position."""
+
+    def __init__(self, pairs: Iterable[tuple[int, int]]) -> None:
+        ordered = sorted(pairs)
+        self._positions = [position for position, _ in ordered]
+        self._most = list(accumulate((value for _, value in ordered), max))
+
+    def most_below(self, position: int) -> int:
+        """The most value placed strictly before `position` (0: none)."""
+        index = bisect_left(self._positions, position)
+        return self._most[index - 1] if index else 0
+
+
 def breaches(
     history: LeaseHistory,
     served: Iterable[Served],
@@ -225,9 +241,9 @@ def overreported(history: LeaseHistory) -> list[LeaseBreach]:
     partition before them."""
     found = []
     for key, reports in history.reports.items():
-        grants = history.grants.get(key, [])
+        grants = _Before((g.answers, g.granted) for g in history.grants.get(key, []))
         for report in reports:
-            granted = max((g.granted for g in grants if g.answers < report.seq), default=0)
+            granted = grants.most_below(report.seq)
             if report.spent + report.returned > granted:
                 found.append(
                     LeaseBreach(
@@ -251,7 +267,10 @@ def overgranted(history: LeaseHistory, versions: Budgets) -> list[LeaseBreach]:
     newest_of_day: dict[tuple[str, int], _Grant] = {}
     for key, grants in history.grants.items():
         campaign_id, _, account = key
-        returns = [r for r in history.reports.get(key, []) if r.is_return]
+        # A return's spent + returned is what its partition had been granted then.
+        returns = _Before(
+            (r.spent + r.returned, r.returned) for r in history.reports.get(key, []) if r.is_return
+        )
         for grant in grants:
             problem = _grant_problem(key, grant, returns, versions)
             if problem is not None:
@@ -302,7 +321,7 @@ def overgranted(history: LeaseHistory, versions: Budgets) -> list[LeaseBreach]:
 def _grant_problem(
     key: AccountKey,
     grant: _Grant,
-    returns: list[_Report],
+    returns: _Before,
     versions: Budgets,
 ) -> tuple[bool, str] | None:
     """(invalid, why) when a grant breaks a rule: invalid for a budget its configuration
@@ -319,7 +338,7 @@ def _grant_problem(
     if grant.amount <= 0:
         return None
     # What the partition had given back before it applied this grant, at most.
-    returned = max((r.returned for r in returns if r.spent + r.returned < grant.granted), default=0)
+    returned = returns.most_below(grant.granted)
     held = grant.granted - returned
     for limit, label in ((grant.lifetime_limit, "lifetime"), (grant.daily_limit, "daily")):
         if limit is not None and held > limit:
