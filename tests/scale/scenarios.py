@@ -1448,6 +1448,7 @@ async def lease_holder_killed(env: Env, size: Size) -> Result:
         victim.stop(signal.SIGKILL)
         decided_at_kill = len(deployment.decisions)
         result.measures["decided_at_kill"] = decided_at_kill
+        result.measures["published_at_kill"] = len(published)
         if decided_at_kill >= count:
             result.fail("the kill was not mid-stream")
         await deployment.reader.caught_up()
@@ -1467,7 +1468,6 @@ async def lease_holder_killed(env: Env, size: Size) -> Result:
             result.timings_s["kill_to_first_decision_on_moved_partition"] = round(
                 recovery + mark - killed_at, 3
             )
-        result.measures["publishing_when_killed"] = not publisher.done()
         await publisher
         await audit(result, deployment, requests, campaigns)
         await audit_leases(result, deployment)
