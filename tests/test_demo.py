@@ -17,16 +17,25 @@ import msgspec
 import pytest
 
 from infra.provision import Services
-from models.codec import InvalidEvent, decode_request
+from models.codec import InvalidEvent, decode_request, encode
 from models.context import user_id_of, user_key
 from models.events import Campaign
 from streams.admin import read_campaigns
+from streams.audit.findings import Record
+from streams.audit.leases import LeaseHistory
 from streams.decision_reader import Decision
 from streams.demo.run import CAMPAIGNS
-from streams.demo.summary import Expected, render, summarize
+from streams.demo.summary import Expected, LeaseRow, render, summarize
 from streams.demo.traffic import HOUR_MS, UNKNOWN_CAMPAIGN, TrafficPlan, generate
 from streams.demo.upstream import DEFAULT_ORIGIN, DemoUpstream, load_documents, rebase
 from streams.invariants import cap_peaks
+from streams.state.leases import (
+    LeaseAsk,
+    LeaseEvent,
+    LeaseGrant,
+    LeaseReturn,
+    to_record,
+)
 from tests.png import png_dimensions
 
 NOW_MS = 1_795_000_000_000
@@ -311,6 +320,67 @@ def test_summary_reports_missing_duplicate_stale_and_lost_decisions_and_budgets(
     ]
 
 
+def lease_history(*events: LeaseEvent) -> LeaseHistory:
+    """`budget-leases` holding these events: asks and returns on partition 0, the bank's."""
+    history = LeaseHistory()
+    offsets: Counter[int] = Counter()
+    for event in events:
+        partition = 0 if isinstance(event, LeaseAsk | LeaseReturn) else event.partition
+        record = encode(to_record(event))
+        history.add(Record(partition, offsets[partition], T0, b"c1", record))
+        offsets[partition] += 1
+    return history
+
+
+def test_summary_shows_each_campaigns_leases_per_partition() -> None:
+    # c1: four impressions of 0.002505. Partition 0 is granted two and spends them;
+    # partition 1 is granted two, spends one and gives one back.
+    cost, limit = 2_505, 10_020
+
+    def grant(partition: int, amount: int) -> LeaseGrant:
+        return LeaseGrant("c1", partition, 1, None, amount, amount, 0, limit, None, 1, None)
+
+    leases = lease_history(
+        LeaseAsk("c1", 0, 1, None, 2 * cost, 0, T0),
+        grant(0, 2 * cost),
+        LeaseAsk("c1", 1, 1, None, 2 * cost, 0, T0),
+        grant(1, 2 * cost),
+        LeaseReturn("c1", 1, 2, None, cost, cost, cost, T0 + 2),
+    )
+    decisions = {
+        d.payload["request_id"]: d
+        for d in [
+            served("r1", "c1", "u-1", T0, "0.002505"),
+            served("r2", "c1", "u-2", T0 + 1, "0.002505"),
+            served("r3", "c1", "u-3", T0 + 2, "0.002505"),
+        ]
+    }
+    placement = {"r1": (0, 0), "r2": (0, 1), "r3": (1, 2)}
+    expected = Expected(frozenset(decisions), 0, 0, {"c1": 0}, placement)
+
+    summary = summarize(expected, decisions, [], [], [capped_campaign()], leases=leases)
+
+    assert summary.ok, summary.violations
+    assert [(r.partition, r.granted, r.returned, r.spent, r.remaining) for r in summary.leases] == [
+        (0, 2 * cost, 0, 2 * cost, 0),
+        (1, 2 * cost, cost, cost, 0),
+    ]
+    text = render(summary)
+    assert "budget leases per deciding partition" in text
+    rows = [line.split() for line in text.splitlines()]
+    assert ["c1", "1", "0.00501", "0.002505", "0.002505", "0.00"] in rows
+
+    # A serve on a partition that holds no lease is one beyond it.
+    decisions["r4"] = served("r4", "c1", "u-4", T0 + 3, "0.002505")
+    expected = Expected(frozenset(decisions), 0, 0, {"c1": 0}, placement | {"r4": (2, 3)})
+    summary = summarize(expected, decisions, [], [], [capped_campaign()], leases=leases)
+    assert summary.leases[-1] == LeaseRow("c1", 2, 0, 0, cost)
+    assert summary.leases[-1].remaining == -cost
+    assert summary.violations == [
+        "c1 on partition 2 (lifetime): served 0.002505, but granted 0.00 and returned 0.00"
+    ]
+
+
 def test_cap_peaks_match_brute_force() -> None:
     rng = random.Random(3)
     campaign = capped_campaign(frequency_caps=[{"max": 2, "window_s": 60}])
@@ -360,6 +430,7 @@ def test_demo_end_to_end(services: Services, tmp_path: Path) -> None:
     for line in ("  served ", "  denied   frequency_cap", "  denied   anonymous", "  total "):
         assert line in out, out
     assert "dead letters (ad-requests-dlq): 4" in out
+    assert "budget leases per deciding partition" in out
     assert "0 decided twice" in out
     assert "what to run next" in out
     assert "healthy" in done.stderr

@@ -8,6 +8,7 @@ The package keeps what an audit checks apart from how it reads and how it report
 | `findings.py` | what goes in (`Record`) and what comes out (`Violation`, `Summary`) |
 | `configs.py` | the history of `campaigns`: which configuration each `campaign_version` names |
 | `verify.py` | the verifier (`Auditor`): pure, fed records, returns the summary and violations |
+| `leases.py` | `budget-leases` folded; each served decision and lease checked against it (pure) |
 | `reconcile.py` | the billing ledger against the served decisions (pure) |
 | `replay.py` | reading the topics (read_committed, bounded by the end offsets seen at start) |
 | `render.py` | the summary table and the JSON document |

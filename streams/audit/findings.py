@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 import msgspec
 
-TopicKind = Literal["campaigns", "requests", "served", "denied"]
+TopicKind = Literal["campaigns", "requests", "served", "denied", "leases"]
 
 ViolationKind = Literal[
     "no_decision",
@@ -26,6 +26,9 @@ ViolationKind = Literal[
     "budget_exceeded",
     "should_have_denied",
     "implausible_denial",
+    "lease_overspent",
+    "lease_overgranted",
+    "lease_invalid",
     "ledger_missing",
     "ledger_extra",
     "ledger_mismatch",
@@ -46,6 +49,9 @@ MEANING: dict[str, str] = {
     "budget_exceeded": "a campaign spent more than a budget",
     "should_have_denied": "served although the configuration refuses the request",
     "implausible_denial": "a denial its configuration or the served history contradicts",
+    "lease_overspent": "a partition served or reported more than its lease was granted",
+    "lease_overgranted": "a campaign's leases granted more than its budget",
+    "lease_invalid": "a budget-leases record unreadable, out of sequence or naming no budget",
     "ledger_missing": "a served charge is not in the ledger",
     "ledger_extra": "a ledger charge for no served decision",
     "ledger_mismatch": "a ledger charge differs from its served decision",
@@ -66,7 +72,8 @@ class Record(msgspec.Struct, frozen=True):
 class Violation(msgspec.Struct, frozen=True):
     kind: ViolationKind
     request_id: str | None
-    """None only when no request id can be read (an undecodable decision)."""
+    """None when no request id can be read (an undecodable decision) or the violation is a
+    lease record's."""
     detail: str
 
 
@@ -97,7 +104,7 @@ class Summary(msgspec.Struct):
     window_start_ms: int | None
     window_end_ms: int | None
     records: dict[str, int]
-    """Records read per topic kind (`campaigns`, `requests`, `served`, `denied`)."""
+    """Records read per topic kind (`campaigns`, `requests`, `served`, `denied`, `leases`)."""
     requests: int
     """Messages on ad-requests inside the window."""
     valid: int

@@ -20,6 +20,7 @@ _TOPIC_NAMES = {
     "requests": "ad-requests",
     "served": "ad-served",
     "denied": "ad-denied",
+    "leases": "budget-leases",
 }
 
 

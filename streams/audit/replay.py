@@ -1,4 +1,4 @@
-"""Reading the four topics into an `Auditor`: thin, all the checking is `verify.py`'s.
+"""Reading the five topics into an `Auditor`: thin, all the checking is `verify.py`'s.
 
 One consumer without a group (it commits nothing and disturbs no one), read_committed so
 that aborted transactions never count, with every partition assigned by hand. The end offsets
@@ -11,6 +11,7 @@ Where each topic starts, for a window starting at `--from`:
 | --- | --- | --- |
 | `campaigns` | the beginning | every configuration a decision may name |
 | `ad-served` | the beginning | caps and budgets need every impression before the window |
+| `budget-leases` | the beginning | a lease is the sum of every grant and return before |
 | `ad-requests` | `--from` minus 48 h (`offsets_for_times`) | a request re-sent inside the window is recognised as such |
 | `ad-denied` | `--from` (`offsets_for_times`) | only denials inside the window are checked |
 
@@ -58,6 +59,7 @@ def topic_names(topics: Topics) -> dict[TopicKind, str]:
         "requests": topics.requests,
         "served": topics.served,
         "denied": topics.denied,
+        "leases": topics.leases,
     }
 
 

@@ -1,4 +1,4 @@
-"""The verifier: feed it the records of the four topics, get the summary and every violation.
+"""The verifier: feed it the records of the five topics, get the summary and every violation.
 
 Pure (no I/O), so it is tested without Kafka. `Auditor.add` takes records in any order across
 topics and partitions (offset order within a partition, as Kafka gives them); `finish` then
@@ -20,7 +20,9 @@ window:
   cpm/1000 in the campaign's currency, and no cap or budget is broken
   (`streams.invariants.cap_breaches`, `budget_breaches`);
 - a denial for a cap or a budget is plausible: the named cap or budget of that configuration
-  is full even in the final served history (state only grows, so it was full then too).
+  is full even in the final served history (state only grows, so it was full then too);
+- every served decision under a budget spent from the lease of its request's partition, and
+  every lease kept within the budget (`streams.audit.leases`, folding `budget-leases`).
 
 Served decisions outside the window still count for the state (caps, budgets); only
 decisions inside it are reported on.
@@ -55,6 +57,8 @@ from streams.audit.findings import (
     Violation,
     ViolationKind,
 )
+from streams.audit.leases import LeaseHistory, Served, placed
+from streams.audit.leases import breaches as lease_breaches
 from streams.audit.window import Window, iso
 from streams.decision_reader import Decision
 from streams.invariants import (
@@ -67,6 +71,7 @@ from streams.invariants import (
 from streams.state import frequency, spend
 from streams.state.campaigns import CampaignRules
 from streams.state.decision_book import DecisionBook, Deny
+from streams.state.leases import Terms
 from streams.timeline import Timeline
 from streams.timeline import build as build_timeline
 
@@ -110,6 +115,7 @@ class Auditor:
         self.window = window or Window()
         self.history_ms = history_ms
         self.configs = ConfigHistory()
+        self.leases = LeaseHistory()
         self.records: Counter[str] = Counter()
         self.requests: defaultdict[str, list[_Request]] = defaultdict(list)
         self.decisions: defaultdict[str, list[Decision]] = defaultdict(list)
@@ -122,6 +128,8 @@ class Auditor:
         self.records[kind] += 1
         if kind == "campaigns":
             self.configs.add(record)
+        elif kind == "leases":
+            self.leases.add(record)
         elif kind == "requests":
             self._add_request(record)
         else:
@@ -233,8 +241,39 @@ class _Verification:
         ]:
             if breach.request_id in inside:
                 self.flag(breach.kind, breach.request_id, breach.detail)
+        for lease_breach in lease_breaches(
+            auditor.leases,
+            self._spent_from_leases(served),
+            {key: Terms.of(rules) for key, rules in self.configs.versions.items()},
+        ):
+            if lease_breach.timestamp in self.window:
+                self.flag(lease_breach.kind, lease_breach.request_id, lease_breach.detail)
         self._check_versions_in_order()
         return Audit(self._summary(kept), served, self._timeline(kept))
+
+    def _spent_from_leases(self, served: list[Decision]) -> list[Served]:
+        """The served decisions a budget bounds, each on the lease it spent: of its
+        request's partition, in the account its configuration's budget names."""
+        spent = []
+        for decision in served:
+            payload = decision.payload
+            request = self.matched.get(payload["request_id"])
+            version = payload["campaign_version"]
+            rules = None if version is None else self.configs.rules(payload["campaign_id"], version)
+            if request is None or rules is None:
+                continue  # reported as no request or a wrong version
+            found = placed(
+                payload["request_id"],
+                payload["campaign_id"],
+                request.partition,
+                request.offset,
+                to_micros(payload["cost"]),
+                payload["timestamp"],
+                Terms.of(rules),
+            )
+            if found is not None:
+                spent.append(found)
+        return spent
 
     def _timeline(self, kept: list[Decision]) -> Timeline:
         """Peaks and budgets under each campaign's newest configuration."""

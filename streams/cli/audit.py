@@ -88,10 +88,11 @@ def audit(
     as_json_output: bool,
     plot: Path | None,
 ) -> None:
-    """Replay campaigns, ad-requests, ad-served and ad-denied (read_committed, up to the end
-    offsets seen at start) and verify every decision from the events alone: one decision
-    per valid request, none without one, each under the configuration it names
-    (campaign_version), caps and budgets respected, costs right, denials plausible.
+    """Replay campaigns, ad-requests, ad-served, ad-denied and budget-leases (read_committed,
+    up to the end offsets seen at start) and verify every decision from the events alone:
+    one decision per valid request, none without one, each under the configuration it names
+    (campaign_version), caps and budgets respected, costs right, denials plausible, every
+    served decision within the lease of its partition and every lease within the budget.
 
     With --from/--to only decisions with event times in the window are reported on, but
     caps and budgets are rebuilt from every served decision since the beginning (served
@@ -137,7 +138,10 @@ def audit(
     if as_json_output:
         click.echo(as_json(summary))
     else:
-        label = f"{topics.campaigns}, {topics.requests}, {topics.served}, {topics.denied}"
+        label = (
+            f"{topics.campaigns}, {topics.requests}, {topics.served}, {topics.denied}, "
+            f"{topics.leases}"
+        )
         click.echo(as_text(summary, label, replayed.seconds))
     if plot is not None:
         write_png(result.timeline, plot, f"adstream audit ({topics.requests})")

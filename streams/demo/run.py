@@ -4,8 +4,8 @@ In order: the VAST upstream starts, the topics of this run are created (its own 
 consumer group, so runs never meet), one worker process starts and becomes ready, the sample
 campaigns are loaded and in force, the stream is published, the decisions are read back with
 read_committed until each request has one, the worker's tables are asked for their spend, the
-worker is stopped (SIGTERM, then SIGKILL), and the summary is printed. Progress goes to stderr,
-the summary to stdout.
+worker is stopped (SIGTERM, then SIGKILL), `budget-leases` is read, and the summary is
+printed. Progress goes to stderr, the summary to stdout.
 """
 
 from __future__ import annotations
@@ -28,13 +28,16 @@ from aiokafka import AIOKafkaProducer
 from infra.process import free_port
 from models.events import Campaign
 from streams.admin import ensure_topics, publish_campaigns, read_campaigns
+from streams.audit.findings import Record
+from streams.audit.leases import LeaseHistory
+from streams.committed_reader import read_committed
 from streams.decision_reader import DecisionReader
 from streams.demo.summary import Expected, Summary, render, summarize
 from streams.demo.traffic import Message, Traffic, TrafficPlan, generate
 from streams.demo.upstream import DemoUpstream, rebase
 from streams.plot import write_png
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import Topics, key_partition
 from streams.worker.process import WorkerProcess
 
 PARTITIONS = 4
@@ -102,7 +105,7 @@ async def run_demo(bootstrap: str, redis_url: str, options: DemoOptions, work_di
         _status(f"VAST upstream: {origin}/vast/ ({documents}streams/demo/vast/)")
         # Created here, not only by the worker: a broker may auto-create a topic the reader
         # asks for first, with its defaults.
-        await ensure_topics(bootstrap, topics, settings.partitions)
+        partitions = await ensure_topics(bootstrap, topics, settings.partitions)
         # Before the worker starts, as in a deployment: it reads them before any request.
         # The decisions name the version they applied, and the summary checks it.
         versions = await publish_campaigns(bootstrap, topics.campaigns, campaigns)
@@ -129,6 +132,7 @@ async def run_demo(bootstrap: str, redis_url: str, options: DemoOptions, work_di
             resent=traffic.count("duplicate"),
             malformed=traffic.count("malformed"),
             versions={c.campaign_id: v for c, v in zip(campaigns, versions, strict=True)},
+            placement=_placement(traffic, partitions.requests),
         )
         started = time.monotonic()
         await _publish(bootstrap, topics.requests, traffic.messages, options.rate)
@@ -147,6 +151,7 @@ async def run_demo(bootstrap: str, redis_url: str, options: DemoOptions, work_di
             reader.dead_letters,
             campaigns,
             table_spend,
+            await _leases(bootstrap, topics.leases),
         )
         click.echo(render(summary))
         if options.plot is not None:
@@ -250,6 +255,26 @@ async def _await_decisions(
                     f"decision or dead letter in {STALL_S:.0f} s without progress; worker "
                     f"log {worker.log_path}:\n{worker.log_tail()}"
                 )
+
+
+def _placement(traffic: Traffic, partitions: int) -> dict[str, tuple[int, int]]:
+    """Per request: the partition of `ad-requests` its key goes to, its place in the stream."""
+    found: dict[str, tuple[int, int]] = {}
+    for index, message in enumerate(traffic.messages):
+        if message.request_id is not None:
+            partition = key_partition(message.record.key.decode(), partitions)
+            found.setdefault(message.request_id, (partition, index))
+    return found
+
+
+async def _leases(bootstrap: str, topic: str) -> LeaseHistory:
+    """Every committed record of `budget-leases`, folded."""
+    history = LeaseHistory()
+    await read_committed(
+        bootstrap,
+        {topic: lambda r: history.add(Record(r.partition, r.offset, r.timestamp, r.key, r.value))},
+    )
+    return history
 
 
 async def _table_spend(

@@ -1,7 +1,9 @@
 """The demo's summary: from the decisions read back to tables a person can check (pure).
 
 `summarize` counts outcomes, recomputes spend and cap peaks from the served events alone
-(`streams.invariants`) and lists every broken invariant; `render` prints it.
+(`streams.invariants`), shows each campaign's budget leases per deciding partition (folded
+from `budget-leases` and audited like `adstream audit` does: `streams.audit.leases`) and lists
+every broken invariant; `render` prints it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import get_args
 import msgspec
 
 from models.events import Campaign, DenialReason, FrequencyCap
-from models.money import from_micros
+from models.money import from_micros, to_micros
+from streams.audit.leases import LeaseHistory, Served, placed
+from streams.audit.leases import breaches as lease_breaches
 from streams.decision_reader import Decision
 from streams.invariants import (
     DAY_MS,
@@ -28,6 +32,7 @@ from streams.invariants import (
 )
 from streams.plain_table import plain_table
 from streams.state.campaigns import CampaignRules, Cap
+from streams.state.leases import Terms
 from streams.timeline import Timeline
 from streams.timeline import build as build_timeline
 
@@ -45,6 +50,9 @@ class Expected(msgspec.Struct, frozen=True):
     """Messages that must each land in the DLQ."""
     versions: dict[str, int]
     """The `campaigns` offset of each campaign loaded: the version its decisions apply."""
+    placement: dict[str, tuple[int, int]] = msgspec.field(default_factory=dict)
+    """Per request_id: the `ad-requests` partition it went to and its place in the stream
+    (the order its partition decides in)."""
 
 
 class SpendRow(msgspec.Struct, frozen=True):
@@ -62,6 +70,22 @@ class SpendRow(msgspec.Struct, frozen=True):
     daily: int | None
     tables: int | None
     """The worker's own lifetime spend in micros; None when not asked."""
+
+
+class LeaseRow(msgspec.Struct, frozen=True):
+    """A campaign's lease on one deciding partition, all its accounts together (micros)."""
+
+    campaign_id: str
+    partition: int
+    granted: int
+    returned: int
+    spent: int
+    """The served events decided on the partition."""
+
+    @property
+    def remaining(self) -> int:
+        """Granted and neither returned nor served: what the lease holds."""
+        return self.granted - self.returned - self.spent
 
 
 class CapRow(msgspec.Struct, frozen=True):
@@ -83,6 +107,7 @@ class Summary(msgspec.Struct, frozen=True):
     """By the reason that starts a dead letter's `error`."""
     spend: list[SpendRow]
     caps: list[CapRow]
+    leases: list[LeaseRow]
     resent: int
     duplicates: int
     """Second decisions seen for one request_id (exactly-once: 0)."""
@@ -109,9 +134,11 @@ def summarize(
     dead_letters: Sequence[Decision],
     campaigns: Sequence[Campaign],
     table_spend: Mapping[str, int] | None = None,
+    leases: LeaseHistory | None = None,
 ) -> Summary:
     """`decisions`: the first per request_id; `table_spend`: lifetime micros per campaign as
-    the worker's tables hold them, to check against the served events."""
+    the worker's tables hold them, to check against the served events; `leases`: the
+    `budget-leases` records read (None: not shown)."""
     by_id = {campaign.campaign_id: campaign for campaign in campaigns}
     mine = [decisions[rid] for rid in expected.request_ids if rid in decisions]
     served = [decision for decision in mine if decision.topic == "served"]
@@ -127,6 +154,17 @@ def summarize(
         for row in spend
         if row.tables is not None and row.tables != row.spent
     ]
+    lease_rows: list[LeaseRow] = []
+    if leases is not None:
+        spent = _on_leases(expected, served, by_id)
+        budgets = {
+            (c.campaign_id, expected.versions.get(c.campaign_id, 0)): Terms.of(
+                CampaignRules.from_campaign(c, expected.versions.get(c.campaign_id, 0))
+            )
+            for c in campaigns
+        }
+        violations += [breach.detail for breach in lease_breaches(leases, spent, budgets)]
+        lease_rows = _lease_rows(leases, spent, campaigns)
     return Summary(
         requests=len(expected.request_ids),
         served=len(served),
@@ -134,6 +172,7 @@ def summarize(
         dead_letters=dict(sorted(Counter(map(dead_letter_reason, dead_letters)).items())),
         spend=spend,
         caps=_cap_rows(peaks, mine),
+        leases=lease_rows,
         resent=expected.resent,
         duplicates=len(duplicates),
         violations=violations,
@@ -205,6 +244,57 @@ def _spend_rows(
                 tables=None if table_spend is None else table_spend.get(campaign.campaign_id, 0),
             )
         )
+    return rows
+
+
+def _on_leases(
+    expected: Expected, served: Sequence[Decision], campaigns: Mapping[str, Campaign]
+) -> list[Served]:
+    """The served events a budget bounds, each on the lease of its request's partition."""
+    found = []
+    for decision in served:
+        payload = decision.payload
+        where = expected.placement.get(payload["request_id"])
+        campaign = campaigns.get(payload["campaign_id"])
+        if where is None or campaign is None:
+            continue
+        version = expected.versions.get(campaign.campaign_id, 0)
+        spent = placed(
+            payload["request_id"],
+            campaign.campaign_id,
+            *where,
+            to_micros(payload["cost"]),
+            payload["timestamp"],
+            Terms.of(CampaignRules.from_campaign(campaign, version)),
+        )
+        if spent is not None:
+            found.append(spent)
+    return found
+
+
+def _lease_rows(
+    leases: LeaseHistory, spent: Sequence[Served], campaigns: Sequence[Campaign]
+) -> list[LeaseRow]:
+    """One row per campaign and partition that holds a lease or spent without one."""
+    served: Counter[tuple[str, int]] = Counter()
+    for item in spent:
+        served[item.account[:2]] += item.cost
+    held = leases.campaigns()
+    rows = []
+    for campaign in campaigns:
+        accounts = held.get(campaign.campaign_id, {})
+        partitions = accounts.keys() | {p for (c, p) in served if c == campaign.campaign_id}
+        for partition in sorted(partitions):
+            totals = [leases.held(key) for key in accounts.get(partition, [])]
+            rows.append(
+                LeaseRow(
+                    campaign.campaign_id,
+                    partition,
+                    granted=sum(t.granted for t in totals),
+                    returned=sum(t.returned for t in totals),
+                    spent=served[(campaign.campaign_id, partition)],
+                )
+            )
     return rows
 
 
@@ -287,6 +377,17 @@ def render(summary: Summary) -> str:
         ]
         for row in summary.caps
     ]
+    leases = [
+        [
+            row.campaign_id,
+            str(row.partition),
+            from_micros(row.granted),
+            from_micros(row.returned),
+            from_micros(row.spent),
+            from_micros(row.remaining),
+        ]
+        for row in summary.leases
+    ]
     letters = ", ".join(f"{reason} {count}" for reason, count in summary.dead_letters.items())
     sections = [
         f"decisions: {decided:,} for {summary.requests:,} valid distinct requests "
@@ -319,10 +420,21 @@ def render(summary: Summary) -> str:
         plain_table(["campaign", "cap", "peak", "user", "denied", ""], caps, left={0, 1, 3, 5}),
         "",
     ]
+    if leases:
+        sections += [
+            "budget leases per deciding partition (budget-leases; spent: its served events)",
+            plain_table(
+                ["campaign", "partition", "granted", "returned", "spent", "remaining"],
+                leases,
+                left={0},
+            ),
+            "",
+        ]
     if summary.ok:
         tables = any(row.tables is not None for row in summary.spend)
         sections.append(
             "invariants held: exactly one decision per request, no cap or budget exceeded"
+            + (", no lease overspent or overgranted" if summary.leases else "")
             + (
                 ",\n  the worker's tables hold exactly the spend of the served events"
                 if tables

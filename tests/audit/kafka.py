@@ -50,6 +50,10 @@ async def run_cli(bootstrap: str, prefix: str, *args: str) -> subprocess.Complet
     )
 
 
+PARTITIONS = 2
+"""Of each topic a `HistoryWriter` creates."""
+
+
 class HistoryWriter:
     """Writes events straight to a deployment's public topics, each batch one transaction."""
 
@@ -61,7 +65,7 @@ class HistoryWriter:
         )
 
     async def __aenter__(self) -> HistoryWriter:
-        await ensure_topics(self.bootstrap, self.topics, partitions=2)
+        await ensure_topics(self.bootstrap, self.topics, partitions=PARTITIONS)
         await self.producer.start()
         return self
 

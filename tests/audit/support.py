@@ -9,14 +9,16 @@ the worker it remembers every impression of an identified user, also those serve
 campaign had no cap (docs/design.md: "fewer than `max` impressions of that user for that
 campaign"); unlike it, it never forgets one (the worker keeps its impression history, 7 days
 by default, or the campaign's longest window if longer: `test_verify.py`,
-`test_a_cap_longer_than_the_history_...`).
+`test_a_cap_longer_than_the_history_...`). It decides on one partition, spending from that
+partition's lease like the worker (`Leases`: the lease rules and the campaign's bank answering
+each other at once), so its history holds the `budget-leases` records that cover its spend.
 The Kafka tests write the same events to real topics instead.
 """
 
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,6 +43,20 @@ from streams.state import spend
 from streams.state.campaigns import CampaignRules
 from streams.state.decision_book import DecisionBook, Deny
 from streams.state.frequency import Impressions
+from streams.state.leases import (
+    Bank,
+    BudgetBank,
+    Covered,
+    Lease,
+    LeaseAsk,
+    LeaseBook,
+    LeaseEvent,
+    LeaseReturn,
+    LeaseVerdict,
+    Terms,
+    ToBank,
+    to_record,
+)
 from streams.state.spend import Spend
 from streams.vast.result import ResolvedAd
 from tests.pipeline.harness import campaign, request
@@ -133,6 +149,11 @@ class History:
     def raw_request(self, value: bytes | None, timestamp: int, partition: int = 0) -> None:
         self.append("requests", b"raw", value, timestamp, partition)
 
+    def lease_event(self, event: LeaseEvent, t: int) -> None:
+        """A `budget-leases` record, stamped like the worker's (its watermark, else `t`)."""
+        stamp = event.watermark if isinstance(event, LeaseAsk | LeaseReturn) else t
+        self.append("leases", event.campaign_id.encode(), encode(to_record(event)), stamp, 0)
+
     def decision(self, event: AdServed | AdDenied) -> None:
         kind: TopicKind = "served" if isinstance(event, AdServed) else "denied"
         self.append(kind, event.campaign_id.encode(), encode(event), event.timestamp, 0)
@@ -167,6 +188,52 @@ class History:
 Outcome = Literal["served", "no_fill"]
 
 
+class Leases:
+    """Partition 0's leases and the campaigns' banks, each answering the other at once; every
+    event they exchange is written to the history."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self.book = LeaseBook()
+        self.bank_rules = BudgetBank(self.book.policy)
+        self.leases: dict[str, Lease] = {}
+        self.banks: dict[str, Bank] = {}
+
+    def configure(self, rules: CampaignRules, t: int) -> None:
+        bank = self.banks.get(rules.campaign_id)
+        if bank is not None:
+            self._settle(rules, t, self.bank_rules.configure(bank, Terms.of(rules)))
+
+    def take(self, rules: CampaignRules, t: int) -> LeaseVerdict:
+        """Spend one impression, waiting for the bank's answer as the worker's parking does."""
+        lease = self.leases.setdefault(rules.campaign_id, Lease(rules.campaign_id, 0))
+        while True:
+            verdict, events = self.book.take(lease, Terms.of(rules), t)
+            self._settle(rules, t, events)
+            if isinstance(verdict, Covered) or verdict.dry is not None:
+                return verdict
+
+    def give_back(self, rules: CampaignRules, t: int) -> None:
+        lease = self.leases[rules.campaign_id]
+        self._settle(rules, t, self.book.give_back(lease, Terms.of(rules), t, rules.cost_micros))
+
+    def _settle(self, rules: CampaignRules, t: int, events: Sequence[LeaseEvent]) -> None:
+        pending = list(events)
+        terms = Terms.of(rules)
+        while pending:
+            event = pending.pop(0)
+            self.history.lease_event(event, t)
+            if isinstance(event, LeaseAsk | LeaseReturn):
+                bank = self.banks.setdefault(event.campaign_id, Bank(event.campaign_id))
+                if bank.terms is None or bank.terms.version < terms.version:
+                    pending += self.bank_rules.configure(bank, terms)
+                pending += self.bank_rules.receive(bank, event)
+            else:
+                lease = self.leases[event.campaign_id]
+                replies: list[ToBank] = self.book.receive(lease, event, terms)
+                pending += replies
+
+
 class Simulator:
     """A correct worker deciding one request at a time into a `History`."""
 
@@ -179,11 +246,15 @@ class Simulator:
         self.decisions: list[AdServed | AdDenied] = []
         self.versions: dict[tuple[str, int], CampaignRules] = {}
         self.requests: dict[str, AdRequest] = {}
+        self.leases = Leases(self.history)
+        self.now = 0
+        """The newest event time decided."""
 
     def load(self, config: Campaign) -> CampaignRules:
         rules = self.history.campaign(config)
         self.rules[config.campaign_id] = rules
         self.versions[(config.campaign_id, rules.version)] = rules
+        self.leases.configure(rules, self.now)
         return rules
 
     def delete(self, campaign_id: str) -> None:
@@ -199,6 +270,7 @@ class Simulator:
             return None
         self.seen.add(context.request_id)
         self.requests[context.request_id] = ad_request
+        self.now = max(self.now, context.timestamp)
         rules = self.rules.get(ad_request.campaign_id)
         user_id = user_id_of(context)
         key = (ad_request.campaign_id, user_id or "")
@@ -225,7 +297,10 @@ class Simulator:
             event = denied(ad_request, verdict.reason, version, verdict.detail)
         else:
             assert rules is not None
+            taken = self.leases.take(rules, context.timestamp)
+            assert isinstance(taken, Covered), f"the lease disagrees with the spend: {taken}"
             if outcome == "no_fill":
+                self.leases.give_back(rules, context.timestamp)
                 event = denied(ad_request, "no_fill", rules.version, "303")
             else:
                 if user_id is not None:

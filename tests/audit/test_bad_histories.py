@@ -13,11 +13,12 @@ import msgspec
 import pytest
 
 from infra.postgres_server import PostgresServer
+from models.context import user_key
 from models.events import AdDenied, AdRequest, AdServed
 from streams.audit.findings import Summary
 from streams.audit.window import Window, iso
-from streams.topics import Topics
-from tests.audit.kafka import HistoryWriter, audit_topics, found, run_cli
+from streams.topics import Topics, key_partition
+from tests.audit.kafka import PARTITIONS, HistoryWriter, audit_topics, found, run_cli
 from tests.audit.support import URL, campaign, denied, request, served
 from tests.pipeline.harness import BASE_MS
 from tests.png import png_dimensions
@@ -62,6 +63,12 @@ async def forged(kafka_bootstrap: str) -> AsyncIterator[Forged]:
         for item in spenders:
             decide(item, served(item, budget))
         expected.add(("budget_exceeded", spenders[2].context.request_id))
+        # None of them spent from a lease: the first on each partition is beyond its lease.
+        firsts: dict[int, str] = {}
+        for item in spenders:
+            partition = key_partition(user_key(item.context), PARTITIONS)
+            firsts.setdefault(partition, item.context.request_id)
+        expected |= {("lease_overspent", request_id) for request_id in firsts.values()}
         # A duplicate decision.
         twice = request("plain", T, "u-twice")
         decide(twice, served(twice, plain))

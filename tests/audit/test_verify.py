@@ -163,12 +163,14 @@ def test_cap_and_budget_breaches_name_the_request_that_broke_them() -> None:
     sim.history.replace(third_cap, served(cap_requests[2], capped))
     sim.history.replace(third_budget, served(budget_requests[2], budget))
     summary = sim.history.summary()
+    # The forged serve spent from no lease: partition 0 was granted exactly two impressions.
     assert [(v.kind, v.request_id) for v in summary.violations] == sorted(
         [
             ("cap_exceeded", cap_requests[2].context.request_id),
             ("budget_exceeded", budget_requests[2].context.request_id),
+            ("lease_overspent", budget_requests[2].context.request_id),
         ],
-        key=lambda kv: kv[1] or "",
+        key=lambda kv: (kv[1] or "", kv[0]),
     )
 
 

@@ -114,6 +114,8 @@ async def test_the_workers_history_passes(run: Run) -> None:
     assert {"anonymous", "no_fill"} <= set(summary.denied)
     versions = {d.payload["campaign_version"] for d in run.audit.served}
     assert len({v for v in versions if v is not None}) >= 3  # capped served under both
+    # Budgets were spent from leases on several partitions, each checked against them.
+    assert summary.records["leases"] > 0
 
 
 async def test_the_command_exits_0_also_for_a_window(run: Run) -> None:

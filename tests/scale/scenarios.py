@@ -46,10 +46,17 @@ from redis.exceptions import RedisError
 from infra.broker import KafkaBroker
 from infra.redis_server import RedisServer
 from models.codec import encode
+from models.context import user_key
 from models.events import AdRequest, Campaign
-from models.money import to_micros
+from models.money import from_micros, to_micros
+from streams.audit import Auditor, replay
 from streams.decision_reader import Decision
-from streams.invariants import budget_violations, cap_violations, spend_by_campaign
+from streams.invariants import (
+    budget_violations,
+    cap_violations,
+    spend_by_campaign,
+    spend_by_day,
+)
 from streams.lookaside import CapView, cached_spend, cap_key, spend_key
 from streams.worker.exit_status import FAILED_EXIT
 from streams.worker.outputs import KEPT_KEY_BYTES, KEPT_VALUE_BYTES
@@ -74,6 +81,7 @@ class Size:
     state_keys: int
     fuzz_valid: int
     fuzz_hostile: int
+    lease_requests: int
 
 
 SMALL = Size(
@@ -87,6 +95,7 @@ SMALL = Size(
     state_keys=8_000,
     fuzz_valid=2_000,
     fuzz_hostile=3_000,
+    lease_requests=1_600,
 )
 FULL = Size(
     "full",
@@ -99,6 +108,7 @@ FULL = Size(
     state_keys=1_000_000,
     fuzz_valid=30_000,
     fuzz_hostile=30_000,
+    lease_requests=20_000,
 )
 SIZES = {size.name: size for size in (SMALL, FULL)}
 
@@ -1378,6 +1388,116 @@ async def restart_with(
 
 
 # ---------------------------------------------------------------------------------------
+# 8. The worker holding leases SIGKILLed mid-stream
+
+
+async def lease_holder_killed(env: Env, size: Size) -> Result:
+    """Two workers share 8 partitions; four budget-only campaigns (uncapped, anonymous users
+    served too) with budgets of about 60% of their requests, three lifetime and one daily,
+    so that every partition decides every campaign from a lease and the banks pool what is
+    left at the end. When 40% of the stream is published, the worker holding the most
+    `ad-requests` partitions (their leases, and the banks of the campaigns keyed to them) is
+    SIGKILLed; requests keep coming. Checked beyond the usual audit: `adstream audit`'s
+    verifier over the five topics (every served decision within its partition's lease,
+    every lease within the budget) and nothing stranded: each budget spent down to less
+    than one impression's cost (the lifetime campaigns serve exactly what their budgets
+    hold, as one-at-a-time would). Measured: the kill to the first decision on a partition
+    of the killed worker."""
+    result = Result(
+        "lease_holder_killed",
+        "2 workers, small budgets: the worker holding leases SIGKILLed mid-stream",
+        size.name,
+    )
+    partitions = 8
+    async with deployed(env, "lease-kill", partitions=partitions) as deployment:
+        await deployment.add_worker()
+        count = size.lease_requests
+        url = ad_url(env)
+        # Keyed to every other partition: whichever half the killed worker holds, it holds
+        # the banks of two campaigns.
+        ids = campaign_ids(partitions, partitions, "lease")[::2]
+        budget = from_micros(count // len(ids) * 6 // 10 * 2500)  # 60% of its requests
+        campaigns = {
+            campaign_id: campaign(
+                url,
+                campaign_id=campaign_id,
+                lifetime=None if index == 3 else budget,
+                daily=budget if index == 3 else None,
+                anonymous_policy="uncapped",
+            )
+            for index, campaign_id in enumerate(ids)
+        }
+        await deployment.load(*campaigns.values())
+        # All in one UTC day: the daily budget is spent down on it.
+        requests = workload(random.Random(8), ids, count, users=max(count // 20, 10))
+        published: dict[str, float] = {}
+        publisher = asyncio.create_task(
+            publish(deployment, requests, chunk=max(count // 150, 1), pause_s=0.2,
+                    published_at=published)
+        )  # fmt: skip
+
+        await deployment.until(lambda: len(published) >= count * 4 // 10, 120)
+        topic = deployment.topics.requests
+        victim = max(deployment.workers, key=lambda w: len(assigned_partitions(w, topic)))
+        moved = assigned_partitions(victim, topic)
+        result.measures["killed_worker_partitions"] = sorted(moved)
+        result.measures["killed_worker_banks"] = sum(
+            partition_of(c, partitions) in moved for c in ids
+        )
+        killed_at = time.monotonic()
+        victim.stop(signal.SIGKILL)
+        decided_at_kill = len(deployment.decisions)
+        result.measures["decided_at_kill"] = decided_at_kill
+        result.measures["published_at_kill"] = len(published)
+        if decided_at_kill >= count:
+            result.fail("the kill was not mid-stream")
+        await deployment.reader.caught_up()
+        # `ad-requests` is keyed by user (anonymous requests by their id).
+        on_moved = {
+            i.context.request_id
+            for i in requests
+            if partition_of(user_key(i.context), partitions) in moved
+        }
+        mark = time.monotonic()
+        recovery = await first_decision_after(
+            deployment, mark, lambda d: d.payload["request_id"] in on_moved, 120
+        )
+        if recovery is None:
+            result.fail("no decision on a partition of the killed worker after the kill")
+        else:
+            result.timings_s["kill_to_first_decision_on_moved_partition"] = round(
+                recovery + mark - killed_at, 3
+            )
+        await publisher
+        await audit(result, deployment, requests, campaigns)
+        await audit_leases(result, deployment)
+        served = [d for d in deployment.decisions.values() if d.topic == "served"]
+        lifetime, daily = spend_by_campaign(served), spend_by_day(served)
+        left = {}
+        for campaign_id, rules in campaigns.items():
+            spent = lifetime.get(campaign_id, 0)
+            if rules.budget.daily is not None:
+                spent = max((v for (c, _), v in daily.items() if c == campaign_id), default=0)
+            left[campaign_id] = to_micros(budget) - spent
+        result.measures["budget_left_micros"] = left
+        stranded = {c: micros for c, micros in left.items() if micros >= 2500}
+        if stranded:
+            result.fail(f"budgets not spent down to one impression: {stranded}")
+    return result
+
+
+async def audit_leases(result: Result, deployment: Deployment) -> None:
+    """`adstream audit`'s verifier over the deployment's topics, into `result`."""
+    auditor = Auditor()
+    await replay(deployment.bootstrap, deployment.topics, auditor)
+    summary = auditor.finish().summary
+    result.measures["audit_records"] = summary.records
+    if summary.violations:
+        kinds = summary.by_kind()
+        result.fail(f"audit: {kinds}: {[v.detail for v in summary.violations[:3]]}")
+
+
+# ---------------------------------------------------------------------------------------
 # Registry
 
 Scenario = Callable[[Env, Size], Awaitable[Result]]
@@ -1390,6 +1510,7 @@ SCENARIOS: dict[str, Scenario] = {
     "redis_outage": redis_outage,
     "broker_restart": broker_restart,
     "big_state": big_state,
+    "lease_holder_killed": lease_holder_killed,
 }
 
 
