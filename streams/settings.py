@@ -73,6 +73,10 @@ class Settings(msgspec.Struct, frozen=True):
     """How long the timeouts in a row must have lasted: one stall of an upstream times out
     every request then in flight at once, and should not shut it for a cooldown."""
     standby_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+    instance_id: str = ""
+    """The worker's static group membership (Kafka's `group.instance.id`, KIP-345), unique
+    per worker and kept across its restarts: restarted within the session timeout, it takes
+    its own partitions back without a rebalance. Empty: a new member at every start."""
     stall_warning_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     """A partition with requests waiting and no commit for this long is logged as stalled."""
     block_private_addresses: bool = False
@@ -116,6 +120,7 @@ class Settings(msgspec.Struct, frozen=True):
         "breaker_cooldown_s": "ADSTREAM_BREAKER_COOLDOWN_S",
         "breaker_min_failing_s": "ADSTREAM_BREAKER_MIN_FAILING_S",
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
+        "instance_id": "ADSTREAM_INSTANCE_ID",
         "stall_warning_s": "ADSTREAM_STALL_WARNING_S",
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
         "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",

@@ -41,6 +41,7 @@ from streams.settings import Settings
 from streams.state.frequency import Impressions
 from streams.topics import Partitions, Topics, key_partition
 from streams.vast.breaker import CircuitBreaker
+from streams.worker.assignor import PartitionAssignor
 from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
 from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
@@ -105,6 +106,7 @@ def create_worker(
         broker_commit_livelock_soft_timeout=settings.stall_warning_s,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
+        consumer_group_instance_id=settings.instance_id or None,
         # A crashed worker's partitions move after this long without a heartbeat.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
@@ -120,6 +122,7 @@ def create_worker(
         producer_max_batch_size=512 * 1024,
         Table=RestoredTable,
         TableManager=TableManager,
+        PartitionAssignor=PartitionAssignor,
     )
     topics = Topics.named(settings.topic_prefix)
     tables = Tables(app, partitions.requests)
