@@ -87,8 +87,10 @@ def create_worker(
     metrics: Metrics,
     lookaside: Lookaside | None = None,
     breaker: CircuitBreaker | None = None,
+    committer_class: type[Committer] = Committer,
 ) -> Worker:
-    """`breaker`: the resolver's, whose states the worker reports."""
+    """`breaker`: the resolver's, whose states the worker reports; `committer_class`: the
+    commit protocol (a test's subclass)."""
     check_faust_version()
     app = faust.App(
         # Faust names the consumer group, the changelogs, its assignor topic and the
@@ -129,7 +131,7 @@ def create_worker(
     transactions = TransactionIds(app)
     sender = TransactionalSender(app, transactions)
     skipped = SkippedEvents(app, settings.kafka_bootstrap_servers)
-    committer = Committer(
+    committer = committer_class(
         app,
         sender,
         skipped,
