@@ -22,7 +22,7 @@ from tests.pipeline.changelog_replay import replay, replay_problems, worker_prob
 from tests.pipeline.commit_crash_worker import MARK, POINTS
 from tests.pipeline.harness import BASE_MS, Deployment, campaign, request
 
-ROUNDS = 3
+ROUNDS = 2
 """Kills at each point."""
 PER_KILL = 40
 """Requests published around each kill."""
@@ -39,7 +39,7 @@ async def test_sigkill_at_each_commit_boundary_then_restart(
     services: Services, tmp_path: Path, ad_url: str
 ) -> None:
     capped = campaign(ad_url, caps=[(2, 3600)])
-    budgeted = campaign(ad_url, lifetime="0.30")  # 120 of the ~180 requests for it
+    budgeted = campaign(ad_url, lifetime="0.20")  # 80 of the ~120 requests for it
     campaigns = {c.campaign_id: c for c in (capped, budgeted)}
     kills = [point for _ in range(ROUNDS) for point in POINTS]
     deployment = Deployment(
