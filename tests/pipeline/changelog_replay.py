@@ -7,6 +7,7 @@ read_committed, as a restore does, and keeps each key's last value.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
@@ -61,10 +62,11 @@ def decoded(raw: Mapping[bytes, bytes], kind: type[V]) -> dict[str, V]:
 
 
 async def replay(deployment: Deployment) -> Replayed:
+    seen, frequency, leases = await asyncio.gather(
+        *(changelog(deployment, table) for table in ("seen", "frequency", "leases"))
+    )
     return Replayed(
-        decoded(await changelog(deployment, "seen"), SeenRequest),
-        decoded(await changelog(deployment, "frequency"), CapEntry),
-        decoded(await changelog(deployment, "leases"), Lease),
+        decoded(seen, SeenRequest), decoded(frequency, CapEntry), decoded(leases, Lease)
     )
 
 
