@@ -22,6 +22,7 @@ the app's settings.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -216,11 +217,21 @@ def create_worker(
     def each_offset(events: Sequence[EventT[Any]]) -> Mapping[TP, int]:
         return {event.message.tp: event.message.offset for event in events}
 
+    # The decide stage's runs and the rule-change timer take turns, and each reads what may
+    # commit (`decider.finished()`) in its turn: read while the other is half-way, it counts
+    # events neither decided nor parked yet (a request about to wait for its lease had its
+    # offset committed without a decision, lost with a crash before the grant).
+    decider_turn = asyncio.Lock()
+
+    async def decide_run(events: Sequence[EventT[Any]]) -> None:
+        async with decider_turn:
+            await decider.handle(events)
+            for tp, offset in decider.finished().items():
+                committer.finished(tp, offset)
+
     @app.agent(raw_topic(topics.requests, topics.leases), name="decide")
     async def decide(stream: StreamT[Any]) -> None:
-        await run_stage(
-            stream, decider.handle, outputs, journals["decide"], lambda _: decider.finished()
-        )
+        await run_stage(stream, decide_run, outputs, journals["decide"], lambda _: {})
 
     @app.agent(raw_topic(topics.campaigns), name="campaigns")
     async def check_campaigns(stream: StreamT[Any]) -> None:
@@ -235,7 +246,7 @@ def create_worker(
         """Rules that changed reach the banks and the parked requests between batches."""
         if not view.caught_up.is_set() or app.rebalancing:
             return
-        async with committer.batch():
+        async with committer.batch(), decider_turn:
             await decider.tick()
             for tp, offset in decider.finished().items():
                 committer.finished(tp, offset)
