@@ -77,6 +77,10 @@ class Settings(msgspec.Struct, frozen=True):
     """Once ready, exempt everything alive from garbage collection (`streams.worker.collector`)."""
     gc_gen0: Annotated[int, msgspec.Meta(ge=1)] | None = None
     """The garbage collector's youngest-generation threshold (None: Python's 700)."""
+    instance_id: str = ""
+    """The worker's static group membership (Kafka's `group.instance.id`, KIP-345), unique
+    per worker and kept across its restarts: restarted within the session timeout, it takes
+    its own partitions back without a rebalance. Empty: a new member at every start."""
     stall_warning_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     """A partition with requests waiting and no commit for this long is logged as stalled."""
     block_private_addresses: bool = False
@@ -122,6 +126,7 @@ class Settings(msgspec.Struct, frozen=True):
         "standby_replicas": "ADSTREAM_STANDBY_REPLICAS",
         "gc_freeze": "ADSTREAM_GC_FREEZE",
         "gc_gen0": "ADSTREAM_GC_GEN0",
+        "instance_id": "ADSTREAM_INSTANCE_ID",
         "stall_warning_s": "ADSTREAM_STALL_WARNING_S",
         "block_private_addresses": "ADSTREAM_BLOCK_PRIVATE_ADDRESSES",
         "allowed_networks": "ADSTREAM_ALLOWED_NETWORKS",

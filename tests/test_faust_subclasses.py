@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import inspect
 import re
+import zlib
 from pathlib import Path
 
 import faust
 import pytest
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
 from faust.transport import by_url
 
-from streams.worker import kafka_transport, recovery
+from streams.worker import assignor, kafka_transport, recovery
 from streams.worker.faust_version import WRITTEN_FOR, UnsupportedRelease, check_faust_version
 from streams.worker.kafka_transport import Transport, broker_url, fetch_max_wait_ms
 
@@ -24,6 +27,7 @@ SUBCLASSES = [
     recovery.TableManager,
     recovery.ChangelogReads,
     recovery.RestoredTable,
+    assignor.PartitionAssignor,
 ]
 
 
@@ -78,3 +82,29 @@ def test_every_table_tells_the_recovery_what_it_restores() -> None:
     assert isinstance(app.Table("noted", partitions=1), recovery.ChangelogReads)
     with pytest.raises(TypeError, match="ChangelogReads"):
         app.GlobalTable("unnoted", partitions=1)
+
+
+def test_a_static_member_takes_back_the_assignment_of_its_earlier_start() -> None:
+    """Restarted on another port, a static member is handed the assignment made for its
+    previous start, which names the web URL it had then (Faust's own assignor asserts)."""
+    app = faust.App(
+        "subclasses",
+        broker=broker_url("127.0.0.1:9092", fetch_max_wait_ms=20),
+        store="memory://",
+        web_port=7002,
+        PartitionAssignor=assignor.PartitionAssignor,
+    )
+    earlier, now = "http://127.0.0.1:7001", str(app.conf.canonical_url)
+    made = ClientMetadata(
+        assignment=ClientAssignment(actives={}, standbys={}),
+        url=earlier,
+        changelog_distribution={earlier: {"t-seen-changelog": [0]}, "http://peer:1": {}},
+    )
+    handed = ConsumerProtocolMemberAssignment(0, [], zlib.compress(made.dumps()))
+    taken = app.assignor
+    assert isinstance(taken, assignor.PartitionAssignor)
+    taken.on_assignment(handed)
+    assert taken.changelog_distribution == {
+        now: {"t-seen-changelog": [0]},
+        "http://peer:1": {},
+    }

@@ -20,6 +20,7 @@ its campaign; the campaigns' banks answer their partitions' asks on the same str
 | `tables.py` | the Faust tables, typed |
 | `commit_protocol.py` | outputs, table writes and offsets in one transaction per source partition |
 | `kafka_transport.py` | Faust's Kafka transport, consumer and producer, as subclasses |
+| `assignor.py` | Faust's partition assignor, for static group membership |
 | `recovery.py` | table restores that read every changelog record, or exit |
 | `skipped_events.py` | events Faust skips or clears, processed after all |
 | `event_context.py` | which event a table access belongs to |

@@ -22,6 +22,7 @@ the app's settings.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -41,6 +42,7 @@ from streams.settings import Settings
 from streams.state.frequency import Impressions
 from streams.topics import Partitions, Topics, key_partition
 from streams.vast.breaker import CircuitBreaker
+from streams.worker.assignor import PartitionAssignor
 from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
 from streams.worker.collector import freeze_start_up
@@ -87,8 +89,10 @@ def create_worker(
     metrics: Metrics,
     lookaside: Lookaside | None = None,
     breaker: CircuitBreaker | None = None,
+    committer_class: type[Committer] = Committer,
 ) -> Worker:
-    """`breaker`: the resolver's, whose states the worker reports."""
+    """`breaker`: the resolver's, whose states the worker reports; `committer_class`: the
+    commit protocol (a test's subclass)."""
     check_faust_version()
     app = faust.App(
         # Faust names the consumer group, the changelogs, its assignor topic and the
@@ -106,6 +110,7 @@ def create_worker(
         broker_commit_livelock_soft_timeout=settings.stall_warning_s,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
+        consumer_group_instance_id=settings.instance_id or None,
         # A crashed worker's partitions move after this long without a heartbeat.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
@@ -124,13 +129,14 @@ def create_worker(
         producer_max_batch_size=512 * 1024,
         Table=RestoredTable,
         TableManager=TableManager,
+        PartitionAssignor=PartitionAssignor,
     )
     topics = Topics.named(settings.topic_prefix)
     tables = Tables(app, partitions.requests)
     transactions = TransactionIds(app)
     sender = TransactionalSender(app, transactions)
     skipped = SkippedEvents(app, settings.kafka_bootstrap_servers)
-    committer = Committer(
+    committer = committer_class(
         app,
         sender,
         skipped,
@@ -217,14 +223,24 @@ def create_worker(
     def each_offset(events: Sequence[EventT[Any]]) -> Mapping[TP, int]:
         return {event.message.tp: event.message.offset for event in events}
 
+    # The decide stage's runs and the rule-change timer take turns, and each reads what may
+    # commit (`decider.finished()`) in its turn: read while the other is half-way, it counts
+    # events neither decided nor parked yet (a request about to wait for its lease had its
+    # offset committed without a decision, lost with a crash before the grant).
+    decider_turn = asyncio.Lock()
+
+    async def decide_run(events: Sequence[EventT[Any]]) -> None:
+        async with decider_turn:
+            await decider.handle(events)
+            for tp, offset in decider.finished().items():
+                committer.finished(tp, offset)
+
     @app.agent(raw_topic(topics.requests, topics.leases), name="decide")
     async def decide(stream: StreamT[Any]) -> None:
         if settings.gc_freeze:
             await view.caught_up.wait()  # restored, rules read: what stays is alive now
             freeze_start_up()
-        await run_stage(
-            stream, decider.handle, outputs, journals["decide"], lambda _: decider.finished()
-        )
+        await run_stage(stream, decide_run, outputs, journals["decide"], lambda _: {})
 
     @app.agent(raw_topic(topics.campaigns), name="campaigns")
     async def check_campaigns(stream: StreamT[Any]) -> None:
@@ -239,7 +255,7 @@ def create_worker(
         """Rules that changed reach the banks and the parked requests between batches."""
         if not view.caught_up.is_set() or app.rebalancing:
             return
-        async with committer.batch():
+        async with committer.batch(), decider_turn:
             await decider.tick()
             for tp, offset in decider.finished().items():
                 committer.finished(tp, offset)

@@ -183,14 +183,9 @@ class Committer:
         # Each source partition has a producer and a transaction of its own: ending them one
         # after another (as Faust does) costs a few broker round trips per partition while
         # every batch waits, so they end side by side.
-        producer = consumer.transactions.producer
         await asyncio.gather(
             *(
-                producer.commit_transactions(
-                    {transactional_id: partition_offsets},
-                    self.app.conf.id,
-                    start_new_transaction=start_new_transaction,
-                )
+                self._end_transaction(transactional_id, partition_offsets, start_new_transaction)
                 for transactional_id, partition_offsets in by_transaction.items()
             )
         )
@@ -205,6 +200,17 @@ class Committer:
             consumer._gap[tp].clear()
             consumer._committed_offset[tp] = offset
         return True
+
+    async def _end_transaction(
+        self, transactional_id: str, offsets: dict[TP, int], start_new_transaction: bool
+    ) -> None:
+        """Commit one source partition's transaction: its outputs, table writes and `offsets`."""
+        producer = self.app.consumer.transactions.producer
+        await producer.commit_transactions(
+            {transactional_id: offsets},
+            self.app.conf.id,
+            start_new_transaction=start_new_transaction,
+        )
 
     async def _commit_revoked(self, app: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
         """Commit what was done before partitions move: Faust has waited for the batches in

@@ -25,6 +25,7 @@ from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
 from streams.worker.app import create_worker
 from streams.worker.collector import set_young_threshold
+from streams.worker.commit_protocol import Committer
 from streams.worker.local_state import LocalState
 from streams.worker.metrics import Metrics
 from streams.worker.tables import changelog_partitions
@@ -59,10 +60,15 @@ def upstreams_for(
     )
 
 
-def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
+def run(
+    settings: Settings,
+    upstreams: CampaignUpstreams | None = None,
+    committer_class: type[Committer] = Committer,
+) -> None:
     """Create missing topics, then run the Faust worker in this process until stopped.
 
-    `upstreams`: the resolver, `upstreams_for(settings)` unless given (a test's subclass)."""
+    `upstreams`: the resolver, `upstreams_for(settings)` unless given; `committer_class`: the
+    commit protocol (tests give subclasses of both)."""
     logs.configure(settings.log_level)
     if settings.event_loop == "uvloop":
         # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
@@ -85,7 +91,13 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
         else None
     )
     worker = create_worker(
-        settings, partitions, upstreams, metrics, lookaside, breaker=upstreams.breaker
+        settings,
+        partitions,
+        upstreams,
+        metrics,
+        lookaside,
+        breaker=upstreams.breaker,
+        committer_class=committer_class,
     )
     app = worker.app
 

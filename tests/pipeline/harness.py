@@ -7,6 +7,7 @@ billing and audit read them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from infra.process import free_port
 from models.context import SessionContext
@@ -217,6 +219,41 @@ class Deployment:
 
     async def until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         return await self.reader.until(done, timeout_s)
+
+    async def settled(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the workers have committed every request published so far, then until
+        the reader has read everything committed: a decision of those requests (a duplicate
+        too) commits in the same transaction as its request's offset, so none can arrive
+        later. False if that did not happen within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        ends = await self._request_ends()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            while True:
+                committed = await admin.list_consumer_group_offsets(self.group_id)
+                behind = {
+                    tp: end
+                    for tp, end in ends.items()
+                    if end > (committed[tp].offset if tp in committed else 0)
+                }
+                if not behind:
+                    break
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+        return await self.reader.caught_up(max(deadline - time.monotonic(), 1.0))
+
+    async def _request_ends(self) -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topics.requests, p) for p in range(self.partitions)]
+            return dict(await consumer.end_offsets(tps))
+        finally:
+            await consumer.stop()
 
     async def decided(self, request_ids: Iterable[str], timeout_s: float = 30.0) -> list[Decision]:
         """The decisions of these requests, in the given order, once all have arrived."""

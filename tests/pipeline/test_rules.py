@@ -123,7 +123,7 @@ async def test_duplicates_get_no_second_decision(deployment: Deployment, ad_url:
     await deployment.decided([original.context.request_id, later.context.request_id])
     state = await deployment.state(rules.campaign_id)
     assert state.spend is not None and state.spend.lifetime == 2 * 2500
-    assert await deployment.reader.caught_up()  # a late duplicate would be read by now
+    assert await deployment.settled()  # no duplicate can arrive after this
     assert deployment.duplicates == []
 
 

@@ -342,10 +342,9 @@ async def audit(
     while not complete():
         if not await deployment.until(progressed(arrived()), quiet_s):
             break
-    # Whatever else is committed by now (a duplicate would be) is read too.
-    await deployment.reader.caught_up()
-    await asyncio.sleep(0.5)
-    await deployment.reader.caught_up()
+    # Once the workers have committed every request, any duplicate has been read too.
+    if not await deployment.settled():
+        result.fail("the workers did not commit every request published within 60 s")
 
     decisions = {rid: deployment.decisions[rid] for rid in ids if rid in deployment.decisions}
     result.requests = len(ids)
@@ -1223,11 +1222,12 @@ LEAN_FIELDS = ("request_id", "campaign_id", "user_id", "timestamp", "cost", "rea
 
 async def big_state(env: Env, size: Size) -> Result:
     """One worker (RocksDB store) builds `state_keys` (user, campaign) frequency entries:
-    each request a new pair, served, cap 1 per day. It is SIGKILLed and a worker with the
-    RocksDB store is started on the same data directory; that one is SIGKILLed in turn and a
+    each request a new pair, served, cap 1 per day. It is SIGKILLed under load (requests of
+    new users streaming in, which must be served) and a worker with the RocksDB store is
+    started on the same data directory; that one is SIGKILLed in turn, under load too, and a
     worker with the memory store takes its place. Before each restart, requests for a sample
-    of the old pairs (must be capped: the state came back) and as many new users (must be
-    served) are published. After a SIGKILL the RocksDB files are not trusted (they may hold
+    of the old pairs are published (must be capped: the state came back). Every request is
+    decided exactly once. After a SIGKILL the RocksDB files are not trusted (they may hold
     writes of aborted transactions), so both stores restore from the changelogs, which is
     why one build serves both. Measured: seconds from each kill to ready and to the first
     decision, resident memory per key of each store, RocksDB disk per key."""
@@ -1273,6 +1273,8 @@ async def big_state(env: Env, size: Size) -> Result:
                     (rss_bytes(restarted.pid) - rss_empty) / keys, 1
                 )
         sent = keys + 4 * len(sample)
+        if not await deployment.settled():
+            result.fail("the worker did not commit every request published within 60 s")
         result.requests += sent
         result.decisions += len(deployment.decisions)
         result.duplicates += len(deployment.duplicates)
@@ -1344,15 +1346,29 @@ async def restart_with(
     ids: list[str],
     later: int,
 ) -> None:
-    """SIGKILL the running worker, publish a request for each sampled key (a second
-    impression within the day: capped) and as many new users (served), then start a worker
-    with `store` on the same data directory and check each of those decisions."""
+    """SIGKILL the running worker under load, while requests of as many new users as there
+    are sampled keys (served) stream in; then publish a request for each sampled key (a
+    second impression within the day: capped), start a worker with `store` on the same data
+    directory and check each of those decisions."""
+    fresh = [request(ids[i % 4], later + i, f"fresh-{store}-{i}") for i in range(len(sample))]
+    after_kill = later + len(fresh)
+    again = [request(r.campaign_id, after_kill + i, r.context.cookies["user_id"])
+             for i, r in enumerate(sample)]  # fmt: skip
+    fresh_ids = [r.context.request_id for r in fresh]
+
+    def fresh_decided() -> int:
+        return sum(1 for r in fresh_ids if r in deployment.decisions)
+
+    publisher = asyncio.create_task(publish_steadily(deployment, fresh))
+    await deployment.until(lambda: fresh_decided() >= len(fresh) // 4, 120)
     deployment.alive_worker().stop(signal.SIGKILL)
     killed = time.monotonic()
-    again = [request(r.campaign_id, later + i, r.context.cookies["user_id"])
-             for i, r in enumerate(sample)]  # fmt: skip
-    fresh = [request(ids[i % 4], later + i, f"fresh-{store}-{i}") for i in range(len(sample))]
-    await deployment.publish(*again, *fresh)
+    in_flight = len(fresh) - fresh_decided()
+    result.measures[f"{store}_undecided_at_kill"] = in_flight
+    if not in_flight:
+        result.fail(f"{store}: every request was decided before the kill, not under load")
+    await publisher
+    await deployment.publish(*again)
     deployment.store = store
     # Faust restores a changelog record at a time, and each key has two (`seen`,
     # `frequency`): a million keys take minutes.
@@ -1361,7 +1377,7 @@ async def restart_with(
     ready = time.monotonic()
     result.timings_s[f"{store}_kill_to_ready"] = round(ready - killed, 3)
     first = await first_decision_after(
-        deployment, killed, lambda d: d.payload["timestamp"] >= later, 300
+        deployment, killed, lambda d: d.payload["timestamp"] >= after_kill, 300
     )
     if first is not None:
         result.timings_s[f"{store}_kill_to_first_decision"] = first
@@ -1369,7 +1385,7 @@ async def restart_with(
     if not await deployment.until(lambda: all(r in deployment.decisions for r in wanted), 300):
         undecided = [r for r in again + fresh if r.context.request_id not in deployment.decisions]
         result.fail(
-            f"{store}: {len(undecided)} of {len(wanted)} requests published before the restart "
+            f"{store}: {len(undecided)} of {len(wanted)} requests published around the restart "
             f"undecided 300 s after ready (after a restore of ~{2 * keys:,} records)"
         )
         result.measures[f"{store}_undecided_sample"] = [r.context.request_id for r in undecided[:5]]
@@ -1385,6 +1401,15 @@ async def restart_with(
             f"{store}: after the restart {wrong_again} of {len(again)} capped keys served "
             f"again, {wrong_fresh} of {len(fresh)} new users not served"
         )
+
+
+async def publish_steadily(
+    deployment: Deployment, requests: Sequence[AdRequest], chunk: int = 20
+) -> None:
+    """Publish `requests` a chunk at a time, a little apart: a stream, not one burst."""
+    for start in range(0, len(requests), chunk):
+        await deployment.publish(*requests[start : start + chunk])
+        await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------
