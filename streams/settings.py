@@ -185,8 +185,10 @@ class Settings(msgspec.Struct, frozen=True):
             raise BadSetting.of(str(exc), environ) from None
 
     def as_env(self) -> dict[str, str]:
-        """The environment that reproduces these settings (for child processes)."""
-        return {name: str(getattr(self, field)) for field, name in self.ENV_NAMES.items()}
+        """The environment that reproduces these settings (for child processes); a setting
+        without a value (None) is left unset."""
+        values = {name: getattr(self, field) for field, name in self.ENV_NAMES.items()}
+        return {name: str(value) for name, value in values.items() if value is not None}
 
 
 class BadSetting(ValueError):
