@@ -43,6 +43,7 @@ from streams.topics import Partitions, Topics, key_partition
 from streams.vast.breaker import CircuitBreaker
 from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
+from streams.worker.committed_store import SCHEME as STORE_SCHEME
 from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
@@ -98,7 +99,7 @@ def create_worker(
             settings.kafka_bootstrap_servers, fetch_max_wait_ms=settings.fetch_wait_ms
         ),
         broker_client_id=settings.group_id,
-        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        store=f"{STORE_SCHEME}://" if settings.store == "rocksdb" else "memory://",
         datadir=settings.data_dir,
         processing_guarantee="exactly_once",
         broker_commit_interval=settings.commit_interval_s,

@@ -24,7 +24,6 @@ from streams.vast.breaker import CircuitBreaker
 from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
 from streams.worker.app import create_worker
-from streams.worker.local_state import LocalState
 from streams.worker.metrics import Metrics
 from streams.worker.tables import changelog_partitions
 from streams.worker.upstreams import CampaignUpstreams
@@ -101,9 +100,6 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
         partitions,
         settings.store,
     )
-    local_state = LocalState(Path(app.conf.tabledir))
-    if settings.store == "rocksdb":
-        local_state.open()
     try:
         # quiet: Faust's terminal spinner would set the root logger to DEBUG
         # (docs/architecture.md, "Performance facts").
@@ -115,6 +111,5 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
         ).execute_from_commandline()
     except SystemExit as exit:
         if exit.code in (0, None) and worker.committer.ended_cleanly:
-            local_state.closed_cleanly()
             log.info("worker stopped cleanly")
         raise
