@@ -11,7 +11,7 @@ import faust
 import pytest
 from faust.transport import by_url
 
-from streams.worker import kafka_transport, recovery
+from streams.worker import committed_store, kafka_transport, recovery
 from streams.worker.faust_version import WRITTEN_FOR, UnsupportedRelease, check_faust_version
 from streams.worker.kafka_transport import Transport, broker_url, fetch_max_wait_ms
 
@@ -24,6 +24,7 @@ SUBCLASSES = [
     recovery.TableManager,
     recovery.ChangelogReads,
     recovery.RestoredTable,
+    committed_store.Store,
 ]
 
 

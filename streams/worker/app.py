@@ -43,8 +43,8 @@ from streams.topics import Partitions, Topics, key_partition
 from streams.vast.breaker import CircuitBreaker
 from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
-from streams.worker.committed_store import SCHEME as STORE_SCHEME
 from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
+from streams.worker.committed_store import SCHEME as STORE_SCHEME
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
 from streams.worker.event_context import event_context

@@ -28,9 +28,9 @@ are numbered across the modules that fix them (`streams.worker.event_context` 6,
    the offsets they have finished, a commit waits until no batch is in progress, flushes the
    producer's buffer, and commits exactly those offsets in the transactions of their
    partitions. Outputs, table writes and offsets commit together, and only then do the
-   table writes reach the local store's disk (`streams.worker.committed_store`). While more than a batch of
-   events waits, the timer's commits come less often: each costs a few broker round trips
-   per partition (at 50 ms, ~15-20% of a busy worker's CPU).
+   table writes reach the local store's disk (`streams.worker.committed_store`). While more
+   than a batch of events waits, the timer's commits come less often: each costs a few
+   broker round trips per partition (at 50 ms, ~15-20% of a busy worker's CPU).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ Writes = dict[bytes, bytes | None]
 class Store(faust_rocksdb.Store):
     """Faust's RocksDB store (rocksdict), writing only what has committed."""
 
+    @override
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending: dict[int, Writes] = {}
