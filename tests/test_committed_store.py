@@ -10,18 +10,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.stores import by_url
 from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rocksdict import AccessType, Options, Rdict
 
 from streams.worker.committed_store import Store
 from streams.worker.event_context import event_context
 from streams.worker.tables import RawTable
+from tests.rocksdb_files import on_disk
 
 PARTITIONS = 2
 
@@ -35,23 +35,6 @@ class Event:
 
 def source(partition: int) -> TP:
     return TP("ad-requests", partition)
-
-
-def on_disk(path: Path, partition: int) -> tuple[int | None, dict[bytes, bytes]]:
-    """(the changelog offset, the records) of a partition's database."""
-    if not (path / f"table-{partition}.db").exists():
-        return None, {}
-    db = Rdict(
-        str(path / f"table-{partition}.db"),
-        options=Options(raw_mode=True),
-        access_type=AccessType.read_only(),
-    )
-    try:
-        records: dict[bytes, bytes] = {cast(bytes, k): v for k, v in db.items()}
-    finally:
-        db.close()
-    offset = records.pop(Store.offset_key, None)
-    return (None if offset is None else int(offset)), records
 
 
 class Table:
@@ -115,8 +98,8 @@ def test_writes_wait_in_memory_until_their_transaction_commits() -> None:
         assert table.read(0, b"k") == b"v2"
         assert table.store.persist({source(1)}) == 1  # partition 0's transaction is open
         table.close()
-        assert on_disk(table.tabledir, 0) == (None, {})
-        assert on_disk(table.tabledir, 1) == (0, {b"other": b"x"})
+        assert on_disk(table.tabledir, "table", 0) == (None, {})
+        assert on_disk(table.tabledir, "table", 1) == (0, {b"other": b"x"})
 
 
 def test_committed_writes_reach_disk_with_their_last_changelog_offset() -> None:
@@ -131,7 +114,7 @@ def test_committed_writes_reach_disk_with_their_last_changelog_offset() -> None:
         assert table.store.persist({source(0)}) == 2
         table.write(0, b"k", b"aborted")
         table.close()
-        assert on_disk(table.tabledir, 0) == (6, {b"k": b"v2"})
+        assert on_disk(table.tabledir, "table", 0) == (6, {b"k": b"v2"})
 
 
 def test_a_partition_waits_for_every_transaction_its_writes_were_sent_in() -> None:
@@ -143,7 +126,7 @@ def test_a_partition_waits_for_every_transaction_its_writes_were_sent_in() -> No
         assert table.store.persist({source(0)}) == 0
         assert table.store.persist({source(0), TP("budget-leases", 0)}) == 1
         table.close()
-        assert on_disk(table.tabledir, 0) == (9, {b"k": b"v"})
+        assert on_disk(table.tabledir, "table", 0) == (9, {b"k": b"v"})
 
 
 def test_writes_of_a_revoked_partition_are_dropped() -> None:
@@ -163,7 +146,7 @@ def test_restored_records_are_written_with_their_offset() -> None:
         events = [SimpleNamespace(message=record) for record in records]
         table.store.apply_changelog_batch(events, lambda k: k, lambda v: v)
         table.close()
-        assert on_disk(table.tabledir, 1) == (8, {b"b": b"2"})
+        assert on_disk(table.tabledir, "table", 1) == (8, {b"b": b"2"})
 
 
 Step = tuple[str, int, bytes, bytes | None]
@@ -211,4 +194,7 @@ def test_disk_holds_exactly_the_committed_writes_whenever_the_worker_dies(
                 assert table.read(partition, k) == expected
         table.close()
         for partition in range(PARTITIONS):
-            assert on_disk(table.tabledir, partition) == (offsets[partition], committed[partition])
+            assert on_disk(table.tabledir, "table", partition) == (
+                offsets[partition],
+                committed[partition],
+            )
