@@ -87,8 +87,10 @@ def create_worker(
     metrics: Metrics,
     lookaside: Lookaside | None = None,
     breaker: CircuitBreaker | None = None,
+    table_manager: type[TableManager] = TableManager,
 ) -> Worker:
-    """`breaker`: the resolver's, whose states the worker reports."""
+    """`breaker`: the resolver's, whose states the worker reports; `table_manager`: how
+    tables restore (a benchmark's subclass)."""
     check_faust_version()
     app = faust.App(
         # Faust names the consumer group, the changelogs, its assignor topic and the
@@ -120,7 +122,7 @@ def create_worker(
         # made a batch of decisions wait on the broker once per handful of records.
         producer_max_batch_size=512 * 1024,
         Table=RestoredTable,
-        TableManager=TableManager,
+        TableManager=table_manager,
     )
     topics = Topics.named(settings.topic_prefix)
     tables = Tables(app, partitions.requests)

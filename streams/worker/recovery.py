@@ -35,7 +35,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from faust.tables import manager as faust_manager
@@ -256,13 +256,15 @@ class RestoredTable(ChangelogReads, RawTable):
 
 
 class TableManager(faust_manager.TableManager):
-    """Faust's table manager, restoring with `Recovery`."""
+    """Faust's table manager, restoring with `Recovery` (`recovery_class`)."""
+
+    recovery_class: ClassVar[type[Recovery]] = Recovery
 
     @property
     @override
     def recovery(self) -> Recovery:
         if not isinstance(self._recovery, Recovery):
-            self._recovery = Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+            self._recovery = self.recovery_class(self.app, self, beacon=self.beacon, loop=self.loop)
         return self._recovery
 
     @override

@@ -25,6 +25,7 @@ from streams.vast.retry import RetryPolicy
 from streams.vast.transport import VastTransport
 from streams.worker.app import create_worker
 from streams.worker.metrics import Metrics
+from streams.worker.recovery import TableManager
 from streams.worker.tables import changelog_partitions
 from streams.worker.upstreams import CampaignUpstreams
 
@@ -57,10 +58,15 @@ def upstreams_for(
     )
 
 
-def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
+def run(
+    settings: Settings,
+    upstreams: CampaignUpstreams | None = None,
+    table_manager: type[TableManager] = TableManager,
+) -> None:
     """Create missing topics, then run the Faust worker in this process until stopped.
 
-    `upstreams`: the resolver, `upstreams_for(settings)` unless given (a test's subclass)."""
+    `upstreams`: the resolver, `upstreams_for(settings)` unless given (a test's subclass);
+    `table_manager`: how tables restore (a benchmark's subclass)."""
     logs.configure(settings.log_level)
     if settings.event_loop == "uvloop":
         # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
@@ -82,7 +88,13 @@ def run(settings: Settings, upstreams: CampaignUpstreams | None = None) -> None:
         else None
     )
     worker = create_worker(
-        settings, partitions, upstreams, metrics, lookaside, breaker=upstreams.breaker
+        settings,
+        partitions,
+        upstreams,
+        metrics,
+        lookaside,
+        breaker=upstreams.breaker,
+        table_manager=table_manager,
     )
     app = worker.app
 
