@@ -4,7 +4,8 @@ faust-streaming 0.15.3's `processing_guarantee="exactly_once"` falls short in wa
 adstream's invariants; each was read in Faust's source and is covered by our tests. The items
 are numbered across the modules that fix them (`streams.worker.event_context` 6,
 `streams.worker.skipped_events` 5 and 11, `streams.worker.kafka_transport` 7 to 9,
-`streams.worker.recovery` 10). Here, the commit protocol:
+`streams.worker.recovery` 10 and 12, `streams.worker.committed_store` 13). Here, the commit
+protocol:
 
 1. **Outputs join the wrong transaction.** Faust picks a send's transactional producer by the
    *destination* partition (`TransactionManager.send`). A decision for source partition 3 sent

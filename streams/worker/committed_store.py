@@ -1,10 +1,11 @@
 """The worker's RocksDB store: table writes reach disk only once their Kafka transaction has
 committed, in one write batch with the changelog offset they correspond to.
 
-Faust's RocksDB store writes each change as it is made, before its transaction commits, and
-records its changelog offsets only while restoring: after a SIGKILL the disk could hold writes
-of aborted transactions, and nothing said which changelog records it held. So the worker
-threw its files away after every unclean stop and restored everything.
+13. **RocksDB files could not be trusted after a crash.** Faust's RocksDB store writes each
+   change as it is made, before its transaction commits, and records its changelog offsets
+   only while restoring: after a SIGKILL the disk could hold writes of aborted transactions,
+   and nothing said which changelog records it held. So the worker threw its files away
+   after every unclean stop and restored everything (a million keys: ~7 minutes).
 
 `Store` (URL scheme `adstream-rocksdb://`, pyproject.toml's `faust.stores` entry point) keeps
 a partition's writes in memory, where reads see them, until `persist` is called after the
