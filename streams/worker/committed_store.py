@@ -21,17 +21,29 @@ the same way, a batch with its offset.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterable, Iterator
-from typing import Any, cast
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Any, Protocol, cast
 
 from faust.stores import rocksdb as faust_rocksdb
 from faust.streams import current_event
-from faust.types import TP, CollectionT, EventT
+from faust.types import TP, CollectionT, EventT, Message
 from rocksdict import Rdict, WriteBatch
 from typing_extensions import override
 
 SCHEME = "adstream-rocksdb"
 """The store URL scheme that picks `Store` (pyproject.toml's `faust.stores`)."""
+
+
+class Changelogged(Protocol):
+    """A changelog record as read (Faust's `Message`, aiokafka's `ConsumerRecord`)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def offset(self) -> int: ...
+
 
 Writes = dict[bytes, bytes | None]
 """A partition's writes waiting for their transaction: key -> value (None: deleted)."""
@@ -156,23 +168,26 @@ class Store(faust_rocksdb.Store):
         to_key: Callable[[Any], Any],
         to_value: Callable[[Any], Any],
     ) -> None:
-        """Restored or standby records, each partition's in one write batch with the offset
-        of its last record (Faust's own writes the offset apart from the records)."""
-        batches: dict[int, tuple[WriteBatch, list[int]]] = {}
+        """Standby records (and those of Faust's own restore loop), each partition's in one
+        write batch with the offset of its last record (Faust's writes the offset apart)."""
+        by_partition: dict[int, list[Message]] = {}
         for event in batch:
-            message = event.message
-            if message.partition not in batches:
-                batches[message.partition] = (WriteBatch(raw_mode=True), [message.offset])
-            writes, last = batches[message.partition]
-            last[0] = max(last[0], message.offset)
-            key = cast(bytes, message.key)  # every table's key is bytes
-            if message.value is None:
+            by_partition.setdefault(event.message.partition, []).append(event.message)
+        for partition, messages in by_partition.items():
+            self.restore(partition, messages)
+
+    def restore(self, partition: int, records: Sequence[Changelogged]) -> None:
+        """Write changelog records of a partition, in offset order, in one write batch with
+        the offset of the last."""
+        writes = WriteBatch(raw_mode=True)
+        for record in records:
+            key = cast(bytes, record.key)  # every table's key is bytes
+            if record.value is None:
                 writes.delete(key)
             else:
-                writes.put(key, message.value)
-        for partition, (writes, last) in batches.items():
-            writes.put(self.offset_key, str(last[0]).encode())
-            self._db_for_partition(partition).write(writes)
+                writes.put(key, record.value)
+        writes.put(self.offset_key, str(records[-1].offset).encode())
+        self._db_for_partition(partition).write(writes)
 
     @override
     def revoke_partitions(self, table: CollectionT, tps: set[TP]) -> None:

@@ -21,9 +21,9 @@
    its tables as an event, through a queue and a `wait_for` each: ~5,500 records/s, minutes
    for a million keys. `Recovery` reads the active partitions' changelogs itself before
    Faust's loop starts, in large fetches of a read_committed consumer of its own, and hands
-   each fetch to the table at once (`apply_changelog_batch`; the RocksDB store,
-   `streams.worker.committed_store`, writes it in one write batch with its offset). Faust's
-   loop then finds nothing left to read. A restore longer than half of
+   each fetch to the store at once (the RocksDB store, `streams.worker.committed_store`,
+   writes it in one write batch with its offset; others take it through the table's
+   `apply_changelog_batch`). Faust's loop then finds nothing left to read. A restore longer than half of
    `broker_request_timeout` (Faust's bound on this step) leaves the rest to Faust's loop.
 """
 
@@ -45,6 +45,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, CollectionT, ConsumerT, EventT, Message
 from typing_extensions import override
 
+from streams.worker.committed_store import Store as CommittedStore
 from streams.worker.exit_status import FAILED_EXIT
 from streams.worker.tables import RawTable
 
@@ -201,11 +202,12 @@ class Recovery(faust_recovery.Recovery):
                 fetched = await reader.getmany(*reading, timeout_ms=500)
                 for partition, records in fetched.items():
                     tp = partitions[partition]
-                    batch = [Restored(tp, r) for r in records if r.offset <= ends[tp]]
-                    if batch:
-                        self.tp_to_table[tp].apply_changelog_batch(cast(Any, batch))
-                        offsets[tp] = read[tp] = batch[-1].offset
-                        restored += len(batch)
+                    if records and records[-1].offset > ends[tp]:
+                        records = [r for r in records if r.offset <= ends[tp]]
+                    if records:
+                        self._apply(tp, records)
+                        offsets[tp] = read[tp] = records[-1].offset
+                        restored += len(records)
                 reading = {
                     partition
                     for partition in reading
@@ -214,6 +216,14 @@ class Recovery(faust_recovery.Recovery):
         finally:
             await reader.stop()
         return restored
+
+    def _apply(self, tp: TP, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        table = self.tp_to_table[tp]
+        store = getattr(table, "data", None)
+        if isinstance(store, CommittedStore):
+            store.restore(tp.partition, records)
+        else:
+            table.apply_changelog_batch(cast(Any, [Restored(tp, r) for r in records]))
 
     def read(self, message: Message) -> None:
         """A table has applied this changelog record."""
