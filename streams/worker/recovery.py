@@ -23,8 +23,9 @@
    Faust's loop starts, in large fetches of a read_committed consumer of its own, and hands
    each fetch to the store at once (the RocksDB store, `streams.worker.committed_store`,
    writes it in one write batch with its offset; others take it through the table's
-   `apply_changelog_batch`). Faust's loop then finds nothing left to read. A restore longer than half of
-   `broker_request_timeout` (Faust's bound on this step) leaves the rest to Faust's loop.
+   `apply_changelog_batch`). Faust's loop then finds nothing left to read. A restore longer
+   than half of `broker_request_timeout` (Faust's bound on this step) leaves the rest to
+   Faust's loop.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -115,6 +116,57 @@ RESTORE_FETCH_BYTES = 64 * 1024 * 1024
 """How much one fetch of a streamed restore may bring (per partition: a quarter)."""
 
 
+Apply = Callable[[TP, list[ConsumerRecord[bytes, bytes]]], None]
+"""What takes a fetch of a changelog partition's records, in offset order."""
+
+
+async def stream_changelogs(
+    bootstrap_servers: str | list[str],
+    starts: Mapping[TP, int],
+    lasts: Mapping[TP, int],
+    apply: Apply,
+    *,
+    deadline: float,
+) -> int:
+    """Read each partition's committed records from `starts` to `lasts` (the offset of the
+    last one to read, as `changelog_ends` - 1), a fetch at a time, handing each to `apply`;
+    stop at `deadline` (monotonic) if not done. Returns how many records were applied."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a compacted start: the first record kept
+        fetch_max_bytes=RESTORE_FETCH_BYTES,
+        max_partition_fetch_bytes=RESTORE_FETCH_BYTES // 4,
+    )
+    await reader.start()
+    applied = 0
+    # aiokafka wants its own TopicPartition (Faust's TP is another named tuple).
+    partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in starts}
+    try:
+        reader.assign(list(partitions))
+        for partition, tp in partitions.items():
+            reader.seek(partition, starts[tp])
+        reading = {partition for partition, tp in partitions.items() if starts[tp] <= lasts[tp]}
+        while reading and time.monotonic() < deadline:
+            fetched = await reader.getmany(*reading, timeout_ms=500)
+            for partition, records in fetched.items():
+                last = lasts[partitions[partition]]
+                if records and records[-1].offset > last:
+                    records = [r for r in records if r.offset <= last]
+                if records:
+                    apply(partitions[partition], records)
+                    applied += len(records)
+            reading = {
+                partition
+                for partition in reading
+                if await reader.position(partition) <= lasts[partitions[partition]]
+            }
+    finally:
+        await reader.stop()
+    return applied
+
+
 class Restored:
     """A changelog record as a table applies it (`apply_changelog_batch` reads an event's
     key and value, and its message's partition, offset, key and value): it is both."""
@@ -176,46 +228,19 @@ class Recovery(faust_recovery.Recovery):
     async def _read_changelogs(
         self, behind: set[TP], offsets: Counter[TP], read: dict[TP, int], started: float
     ) -> int:
-        ends = self.active_highwaters
         transport = self.app.transport
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=faust_aiokafka.server_list(
-                transport.url, cast(Any, transport).default_port
-            ),
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # a compacted start: the first record kept
-            fetch_max_bytes=RESTORE_FETCH_BYTES,
-            max_partition_fetch_bytes=RESTORE_FETCH_BYTES // 4,
+
+        def applied(tp: TP, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+            self._apply(tp, records)
+            offsets[tp] = read[tp] = records[-1].offset
+
+        return await stream_changelogs(
+            faust_aiokafka.server_list(transport.url, cast(Any, transport).default_port),
+            {tp: offsets[tp] + 1 for tp in behind},
+            {tp: self.active_highwaters[tp] for tp in behind},
+            applied,
+            deadline=started + self.app.conf.broker_request_timeout / 2,
         )
-        await reader.start()
-        restored = 0
-        deadline = started + self.app.conf.broker_request_timeout / 2
-        # aiokafka wants its own TopicPartition (Faust's TP is another named tuple).
-        partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in behind}
-        try:
-            reader.assign(list(partitions))
-            for partition, tp in partitions.items():
-                reader.seek(partition, offsets[tp] + 1)
-            reading = set(partitions)
-            while reading and time.monotonic() < deadline:
-                fetched = await reader.getmany(*reading, timeout_ms=500)
-                for partition, records in fetched.items():
-                    tp = partitions[partition]
-                    if records and records[-1].offset > ends[tp]:
-                        records = [r for r in records if r.offset <= ends[tp]]
-                    if records:
-                        self._apply(tp, records)
-                        offsets[tp] = read[tp] = records[-1].offset
-                        restored += len(records)
-                reading = {
-                    partition
-                    for partition in reading
-                    if await reader.position(partition) <= ends[partitions[partition]]
-                }
-        finally:
-            await reader.stop()
-        return restored
 
     def _apply(self, tp: TP, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         table = self.tp_to_table[tp]
