@@ -38,10 +38,16 @@ def tabledir(deployment: Deployment, index: int = 0) -> Path:
 
 
 async def changelog(
-    deployment: Deployment, table: str, partition: int, *, committed: bool = True
+    deployment: Deployment,
+    table: str,
+    partition: int,
+    *,
+    committed: bool = True,
+    through: int | None = None,
 ) -> list[Record]:
     """Every record of a table's changelog partition up to its end, as a read_committed
-    reader (a restore) or a read_uncommitted one sees them."""
+    reader (a restore) or a read_uncommitted one sees them; at least through offset
+    `through` (a transaction's markers reach the log just after its commit returns)."""
     tp = TopicPartition(f"{deployment.group_id}-{table}-changelog", partition)
     reader = AIOKafkaConsumer(
         bootstrap_servers=deployment.bootstrap,
@@ -51,7 +57,7 @@ async def changelog(
     await reader.start()
     try:
         reader.assign([tp])
-        end = (await reader.end_offsets([tp]))[tp]
+        end = max((await reader.end_offsets([tp]))[tp], -1 if through is None else through + 1)
         reader.seek(tp, (await reader.beginning_offsets([tp]))[tp])
         records: list[Record] = []
         deadline = time.monotonic() + 30
@@ -78,7 +84,7 @@ def replay(records: list[Record], up_to: int | None) -> dict[bytes, bytes]:
 
 
 async def assert_disk_is_the_committed_changelog(
-    deployment: Deployment, *, whole: bool
+    deployment: Deployment, *, whole: bool, index: int = 0
 ) -> dict[tuple[str, int], tuple[int | None, list[Record]]]:
     """Each table partition's files equal a replay of its committed changelog up to the offset
     they hold (`whole`: the offset of the last record, as after a clean stop). Returns each
@@ -86,8 +92,8 @@ async def assert_disk_is_the_committed_changelog(
     found = {}
     for table in TABLES:
         for partition in range(deployment.partitions):
-            offset, stored = on_disk(tabledir(deployment), table, partition)
-            records = await changelog(deployment, table, partition)
+            offset, stored = on_disk(tabledir(deployment, index), table, partition)
+            records = await changelog(deployment, table, partition, through=offset)
             assert stored == replay(records, offset), f"{table}-{partition} at {offset}"
             if whole:
                 assert offset == (records[-1][0] if records else None), f"{table}-{partition}"
@@ -95,7 +101,7 @@ async def assert_disk_is_the_committed_changelog(
     return found
 
 
-def last_restore(deployment: Deployment, index: int = 0) -> int:
+def last_restore(deployment: Deployment) -> int:
     """How many changelog records the worker's last restore read."""
     counts = RESTORED.findall(deployment.workers[-1].log_path.read_text())
     assert counts, "no restore logged"
@@ -197,3 +203,46 @@ async def test_writes_of_a_transaction_that_never_commits_never_reach_the_files(
         await assert_disk_is_the_committed_changelog(deployment, whole=True)
         for partition in range(deployment.partitions):
             assert ids & set(on_disk(tabledir(deployment), "seen", partition)[1])
+
+
+async def test_a_worker_back_on_its_partitions_restores_only_what_another_wrote_meanwhile(
+    rocksdb_deployment: Deployment, ad_url: str
+) -> None:
+    deployment = rocksdb_deployment
+    rules = campaign(ad_url, caps=[(3, 3600)], lifetime="100.00")
+    await deployment.load(rules)
+
+    async def decide(first: int, count: int) -> None:
+        requests = [
+            request(rules.campaign_id, BASE_MS + i, f"user-{i % 50}")
+            for i in range(first, first + count)
+        ]
+        await deployment.decided(await deployment.publish(*requests))
+
+    await decide(0, 100)
+    assert deployment.workers[0].stop(signal.SIGKILL) == -signal.SIGKILL
+    left = await assert_disk_is_the_committed_changelog(deployment, whole=False)
+
+    await deployment.add_worker(index=1)  # an empty data directory: it restores everything
+    assert last_restore(deployment) == sum(len(records) for _, records in left.values())
+    await decide(100, 100)
+    assert deployment.workers[-1].stop() == 0
+
+    restarted_ms = time.time() * 1000
+    await deployment.add_worker(index=0)
+    # Exactly the committed records after the offsets worker 0's files hold (those it wrote
+    # once restored, rules reaching its banks, came after).
+    meanwhile = 0
+    for (table, partition), (offset, _) in left.items():
+        records = await changelog(deployment, table, partition)
+        meanwhile += sum(
+            1
+            for record_offset, timestamp, _, _ in records
+            if (offset is None or record_offset > offset) and timestamp < restarted_ms
+        )
+    assert 0 < meanwhile == last_restore(deployment)
+    await decide(200, 50)
+    assert await deployment.reader.caught_up()
+    assert deployment.duplicates == []
+    assert deployment.workers[-1].stop() == 0
+    await assert_disk_is_the_committed_changelog(deployment, whole=True)
