@@ -253,13 +253,15 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
 
 Open problems (the runs above show whether they struck this time):
 
-- **A restart with a million keys takes ~7 minutes** (`big_state`): Faust restores a
-  changelog record at a time, ~5,000-6,000 records/s on this machine, CPU-bound in its
-  recovery loop (per record: an event object, a queue hop, an `asyncio.wait_for`, and a
-  scan of every partition's remaining count), and after a SIGKILL the RocksDB files are not
-  trusted (they may hold writes of aborted transactions), so both stores restore everything.
-  Standby replicas (`ADSTREAM_STANDBY_REPLICAS`) are Faust's way to fail over without it;
-  they are not exercised by these scenarios yet.
+- **A restart with a million keys took ~7 minutes** (`big_state`, measured before the
+  fix): Faust restored a changelog record at a time, ~5,000-6,000 records/s on this
+  machine, and after a SIGKILL the RocksDB files were not trusted (they could hold writes of
+  aborted transactions), so both stores restored everything. Now the RocksDB store writes
+  only committed writes, with their changelog offsets, and a restart restores only the
+  changelog after them; a full restore (memory store, new machine) streams the changelogs
+  in large fetches (`python -m bench.restore`). The `big_state` figures above predate this
+  until the scenarios run again. Standby replicas (`ADSTREAM_STANDBY_REPLICAS`) are not
+  exercised by these scenarios yet.
 - **Hostile upstreams still cost everyone latency, and under saturation a few outcomes**:
   until the breaker opens, and for each probe, a batch waits out the slow chain, and so
   does every request in it; an endless or huge body costs its 1 MiB of reading. With half

@@ -14,7 +14,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from faust.assignor.client_assignment import ClientAssignment, ClientMetadata
 from faust.transport import by_url
 
-from streams.worker import assignor, kafka_transport, recovery
+from streams.worker import assignor, committed_store, kafka_transport, recovery
 from streams.worker.faust_version import WRITTEN_FOR, UnsupportedRelease, check_faust_version
 from streams.worker.kafka_transport import Transport, broker_url, fetch_max_wait_ms
 
@@ -28,6 +28,7 @@ SUBCLASSES = [
     recovery.ChangelogReads,
     recovery.RestoredTable,
     assignor.PartitionAssignor,
+    committed_store.Store,
 ]
 
 

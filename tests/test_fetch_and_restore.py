@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, Message
 
 from streams.worker.kafka_transport import Fetch, Fetched, fetch_asked, give_back
-from streams.worker.recovery import changelog_ends
+from streams.worker.recovery import changelog_ends, stream_changelogs
 from streams.worker.skipped_events import SkippedEvents, rewind
 
 
@@ -186,6 +187,58 @@ async def test_a_changelog_ends_at_its_last_committed_record(
         partitions[1]: 0,  # empty
         partitions[2]: 0,  # nothing committed: nothing to restore
     }
+
+
+async def test_a_streamed_restore_hands_on_exactly_the_committed_records(
+    kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
+) -> None:
+    """Committed and aborted transactions interleaved in a changelog: a streamed restore
+    applies the committed records from where the table stopped up to the last one asked for,
+    in order, and never one of an aborted transaction."""
+    topic = unique_name
+    await create_topic(kafka_bootstrap, topic, 2)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{unique_name}-tx"
+    )
+
+    async def transaction(records: list[tuple[int, bytes]], *, commit: bool) -> None:
+        await producer.begin_transaction()
+        for partition, value in records:
+            await producer.send(topic, value, key=value, partition=partition)
+        await (producer.commit_transaction() if commit else producer.abort_transaction())
+
+    await producer.start()
+    try:
+        await transaction([(0, b"c0"), (0, b"c1"), (0, b"c2")], commit=True)  # 0-2, marker 3
+        aborted = [(0, f"a{i}".encode()) for i in range(50)] + [(1, b"a")] * 5
+        await transaction(aborted, commit=False)  # 0: 4-53, marker 54; 1: 0-4, marker 5
+        await transaction([(0, b"c3"), (0, b"c4"), (1, b"d0")], commit=True)  # 0: 55-56; 1: 6
+        await transaction([(0, b"c5")], commit=True)  # 58: past the end asked for
+    finally:
+        await producer.stop()
+    tps = [TP(topic, 0), TP(topic, 1)]
+    ends = await changelog_ends(
+        kafka_bootstrap, await consumer.end_offsets([TopicPartition(*tp) for tp in tps])
+    )
+    assert [ends[tp] for tp in tps] == [59, 7]
+
+    applied: dict[TP, list[tuple[int, bytes | None]]] = {tp: [] for tp in tps}
+
+    def apply(tp: TP, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        applied[tp] += [(r.offset, r.value) for r in records]
+
+    count = await stream_changelogs(
+        kafka_bootstrap,
+        {tps[0]: 1, tps[1]: 0},  # partition 0's table holds the record at 0 already
+        {tps[0]: 56, tps[1]: ends[tps[1]] - 1},
+        apply,
+        deadline=time.monotonic() + 60,
+    )
+    assert applied == {
+        tps[0]: [(1, b"c1"), (2, b"c2"), (55, b"c3"), (56, b"c4")],
+        tps[1]: [(6, b"d0")],
+    }
+    assert count == 5
 
 
 async def test_events_cleared_from_faust_queues_are_fetched_again(

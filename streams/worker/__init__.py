@@ -21,13 +21,13 @@ its campaign; the campaigns' banks answer their partitions' asks on the same str
 | `commit_protocol.py` | outputs, table writes and offsets in one transaction per source partition |
 | `kafka_transport.py` | Faust's Kafka transport, consumer and producer, as subclasses |
 | `assignor.py` | Faust's partition assignor, for static group membership |
-| `recovery.py` | table restores that read every changelog record, or exit |
+| `recovery.py` | table restores that stream the changelogs and read every record, or exit |
 | `skipped_events.py` | events Faust skips or clears, processed after all |
 | `event_context.py` | which event a table access belongs to |
 | `faust_version.py` | the faust-streaming release the subclasses were written for |
 | `exit_status.py` | the exit status of a worker that cannot go on safely |
 | `crash_journal.py` | setting aside a message that brings the process down |
-| `local_state.py` | trusting RocksDB files only after a clean shutdown |
+| `committed_store.py` | the RocksDB store: committed writes only, with their changelog offsets |
 | `metrics.py` | the Prometheus metrics |
 | `upstreams.py` | one VAST upstream per campaign configuration |
 | `runner.py` | `adstream worker`: topics, then the Faust worker until stopped |

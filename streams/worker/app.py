@@ -47,6 +47,7 @@ from streams.worker.campaign_view import CampaignView
 from streams.worker.campaigns_stage import CampaignChecker
 from streams.worker.collector import freeze_start_up
 from streams.worker.commit_protocol import Committer, TransactionalSender, TransactionIds
+from streams.worker.committed_store import SCHEME as STORE_SCHEME
 from streams.worker.crash_journal import CRASHES_BEFORE_ISOLATING, CrashJournal
 from streams.worker.decide_stage import Decider, Lookaside, Resolver
 from streams.worker.event_context import event_context
@@ -90,9 +91,11 @@ def create_worker(
     lookaside: Lookaside | None = None,
     breaker: CircuitBreaker | None = None,
     committer_class: type[Committer] = Committer,
+    table_manager: type[TableManager] = TableManager,
 ) -> Worker:
     """`breaker`: the resolver's, whose states the worker reports; `committer_class`: the
-    commit protocol (a test's subclass)."""
+    commit protocol (a test's subclass); `table_manager`: how tables restore (a benchmark's
+    subclass)."""
     check_faust_version()
     app = faust.App(
         # Faust names the consumer group, the changelogs, its assignor topic and the
@@ -103,7 +106,7 @@ def create_worker(
             settings.kafka_bootstrap_servers, fetch_max_wait_ms=settings.fetch_wait_ms
         ),
         broker_client_id=settings.group_id,
-        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        store=f"{STORE_SCHEME}://" if settings.store == "rocksdb" else "memory://",
         datadir=settings.data_dir,
         processing_guarantee="exactly_once",
         broker_commit_interval=settings.commit_interval_s,
@@ -128,7 +131,7 @@ def create_worker(
         # made a batch of decisions wait on the broker once per handful of records.
         producer_max_batch_size=512 * 1024,
         Table=RestoredTable,
-        TableManager=TableManager,
+        TableManager=table_manager,
         PartitionAssignor=PartitionAssignor,
     )
     topics = Topics.named(settings.topic_prefix)

@@ -4,7 +4,8 @@ faust-streaming 0.15.3's `processing_guarantee="exactly_once"` falls short in wa
 adstream's invariants; each was read in Faust's source and is covered by our tests. The items
 are numbered across the modules that fix them (`streams.worker.event_context` 6,
 `streams.worker.skipped_events` 5 and 11, `streams.worker.kafka_transport` 7 to 9,
-`streams.worker.recovery` 10). Here, the commit protocol:
+`streams.worker.recovery` 10 and 12, `streams.worker.committed_store` 13). Here, the commit
+protocol:
 
 1. **Outputs join the wrong transaction.** Faust picks a send's transactional producer by the
    *destination* partition (`TransactionManager.send`). A decision for source partition 3 sent
@@ -27,9 +28,10 @@ are numbered across the modules that fix them (`streams.worker.event_context` 6,
    path goes through, hands it over: `streams.worker.kafka_transport.Consumer`): stages report
    the offsets they have finished, a commit waits until no batch is in progress, flushes the
    producer's buffer, and commits exactly those offsets in the transactions of their
-   partitions. Outputs, table writes and offsets commit together. While more than a batch of
-   events waits, the timer's commits come less often: each costs a few broker round trips
-   per partition (at 50 ms, ~15-20% of a busy worker's CPU).
+   partitions. Outputs, table writes and offsets commit together, and only then do the
+   table writes reach the local store's disk (`streams.worker.committed_store`). While more
+   than a batch of events waits, the timer's commits come less often: each costs a few
+   broker round trips per partition (at 50 ms, ~15-20% of a busy worker's CPU).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import faust
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
+from streams.worker.committed_store import persist_committed
 from streams.worker.kafka_transport import Consumer
 from streams.worker.skipped_events import SkippedEvents
 
@@ -189,6 +192,9 @@ class Committer:
                 for transactional_id, partition_offsets in by_transaction.items()
             )
         )
+        # Only now may the local store keep the tables' writes: their changelog records
+        # have committed (a crash before this line leaves them to the restore).
+        persist_committed(self.app.tables.values(), offsets)
         self._committed.update(offsets)
         # Faust's stall monitor reads its own commit times: without these, a worker that
         # has run `stall_warning_s` logs "Has not committed" errors many times a second.

@@ -5,7 +5,8 @@ Faust picks a transport by the scheme of `broker`; the `faust.transports` entry 
 pyproject.toml names `Transport` below for `adstream://`. Its `Consumer`, consumer thread and
 `Producer` carry these fixes of faust-streaming's exactly-once (numbered across the modules
 that fix it: `streams.worker.commit_protocol` 1 to 4, `streams.worker.skipped_events` 5 and 11,
-`streams.worker.event_context` 6, `streams.worker.recovery` 10):
+`streams.worker.event_context` 6, `streams.worker.recovery` 10 and 12,
+`streams.worker.committed_store` 13):
 
 7. **`fetch_max_wait_ms` is hard-coded to 1500 ms**, which alone costs p50 ~200 ms of latency
    at moderate rates (docs/architecture.md, "Performance facts"), and the producers'

@@ -100,8 +100,9 @@ class Outputs:
         value: bytes | None,
         timestamp_ms: int | None,
         partition: int | None = None,
-    ) -> None:
-        """Send one record in `source`'s transaction, to `partition` or the key's."""
+    ) -> asyncio.Future[Any]:
+        """Send one record in `source`'s transaction, to `partition` or the key's; the
+        returned future resolves to its metadata once the broker has it."""
         try:
             future = await self.sender.send(
                 source.message.tp, topic, key, value, timestamp_ms, partition
@@ -109,6 +110,7 @@ class Outputs:
         except Exception as exc:
             raise OutputFailure(f"sending to {topic} failed: {exc!r}") from exc
         self._pending.append(future)
+        return future
 
     async def dead_letter(self, source: EventT[Any], reason: str, detail: str) -> None:
         """Keep a message the worker cannot use, with its reason (`reason: detail`)."""

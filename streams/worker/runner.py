@@ -26,8 +26,8 @@ from streams.vast.transport import VastTransport
 from streams.worker.app import create_worker
 from streams.worker.collector import set_young_threshold
 from streams.worker.commit_protocol import Committer
-from streams.worker.local_state import LocalState
 from streams.worker.metrics import Metrics
+from streams.worker.recovery import TableManager
 from streams.worker.tables import changelog_partitions
 from streams.worker.upstreams import CampaignUpstreams
 
@@ -64,11 +64,13 @@ def run(
     settings: Settings,
     upstreams: CampaignUpstreams | None = None,
     committer_class: type[Committer] = Committer,
+    table_manager: type[TableManager] = TableManager,
 ) -> None:
     """Create missing topics, then run the Faust worker in this process until stopped.
 
     `upstreams`: the resolver, `upstreams_for(settings)` unless given; `committer_class`: the
-    commit protocol (tests give subclasses of both)."""
+    commit protocol; `table_manager`: how tables restore (tests and benchmarks give
+    subclasses)."""
     logs.configure(settings.log_level)
     if settings.event_loop == "uvloop":
         # Before any loop exists: Faust's main loop and its consumer thread's loop alike.
@@ -98,6 +100,7 @@ def run(
         lookaside,
         breaker=upstreams.breaker,
         committer_class=committer_class,
+        table_manager=table_manager,
     )
     app = worker.app
 
@@ -115,9 +118,6 @@ def run(
         partitions,
         settings.store,
     )
-    local_state = LocalState(Path(app.conf.tabledir))
-    if settings.store == "rocksdb":
-        local_state.open()
     try:
         # quiet: Faust's terminal spinner would set the root logger to DEBUG
         # (docs/architecture.md, "Performance facts").
@@ -129,6 +129,5 @@ def run(
         ).execute_from_commandline()
     except SystemExit as exit:
         if exit.code in (0, None) and worker.committer.ended_cleanly:
-            local_state.closed_cleanly()
             log.info("worker stopped cleanly")
         raise

@@ -20,6 +20,7 @@ rebuilt from a restored table (`streams.state.expiry`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -30,6 +31,7 @@ from faust.types import EventT, TableT
 
 from streams.state.frequency import Impressions
 from streams.state.leases import Bank, Lease
+from streams.worker.committed_store import Store as CommittedStore
 from streams.worker.event_context import event_context
 
 V = TypeVar("V", bound=msgspec.Struct)
@@ -85,10 +87,12 @@ def changelog_partitions(app_id: str, partitions: int) -> dict[str, int]:
 
 
 ChangelogSend = Callable[
-    [EventT[Any], str, bytes, bytes | None, int | None, int | None], Awaitable[None]
+    [EventT[Any], str, bytes, bytes | None, int | None, int | None],
+    Awaitable[asyncio.Future[Any]],
 ]
 """How a table sends a changelog record (source event, topic, key, value, timestamp,
-partition): `Outputs.send`, into the transaction of the event that wrote it."""
+partition): `Outputs.send`, into the transaction of the event that wrote it; the future
+resolves to the record's metadata."""
 
 
 class TypedTable(Generic[V]):
@@ -130,7 +134,8 @@ class TypedTable(Generic[V]):
         self._unflushed[key.encode()] = (None, source)
 
     async def flush(self, send: ChangelogSend) -> None:
-        """Apply the batch's writes to the local store and send them to the changelog."""
+        """Apply the batch's writes to the local store and send them to the changelog (a
+        `CommittedStore` writes them to disk once their transaction has committed)."""
         unflushed, self._unflushed = self._unflushed, {}
         if not unflushed:
             return
@@ -145,7 +150,9 @@ class TypedTable(Generic[V]):
                         del store[key]
                 else:
                     store[key] = raw
-            await send(source, topic, key, raw, None, source.message.partition)
+            record = await send(source, topic, key, raw, None, source.message.partition)
+            if isinstance(store, CommittedStore):
+                store.sent(source.message.partition, source.message.tp, record)
 
     def items(self) -> Iterator[tuple[str, V]]:
         """What the store holds (call between batches: unflushed writes are left out)."""

@@ -1227,9 +1227,9 @@ async def big_state(env: Env, size: Size) -> Result:
     started on the same data directory; that one is SIGKILLed in turn, under load too, and a
     worker with the memory store takes its place. Before each restart, requests for a sample
     of the old pairs are published (must be capped: the state came back). Every request is
-    decided exactly once. After a SIGKILL the RocksDB files are not trusted (they may hold
-    writes of aborted transactions), so both stores restore from the changelogs, which is
-    why one build serves both. Measured: seconds from each kill to ready and to the first
+    decided exactly once. The RocksDB worker restores only the changelog after the offsets
+    its files hold; the memory store restores everything, which is why one build serves
+    both. Measured: seconds from each kill to ready and to the first
     decision, resident memory per key of each store, RocksDB disk per key."""
     keys = size.state_keys
     result = Result(
@@ -1370,8 +1370,7 @@ async def restart_with(
     await publisher
     await deployment.publish(*again)
     deployment.store = store
-    # Faust restores a changelog record at a time, and each key has two (`seen`,
-    # `frequency`): a million keys take minutes.
+    # A full restore (the memory store) reads two records per key (`seen`, `frequency`).
     keys = len(deployment.decisions)
     await deployment.add_worker(index=0, ready_timeout_s=90 + keys / 1_000)
     ready = time.monotonic()
