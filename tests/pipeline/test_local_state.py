@@ -8,7 +8,7 @@ import random
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,24 @@ def replay(records: list[Record], up_to: int | None) -> dict[bytes, bytes]:
     return state
 
 
+async def written_after(
+    deployment: Deployment,
+    on_disk: Mapping[tuple[str, int], tuple[int | None, list[Record]]],
+    before_ms: float,
+) -> int:
+    """The committed changelog records past the offsets the files held, written by
+    `before_ms`: exactly what a restart must restore."""
+    count = 0
+    for (table, partition), (offset, _) in on_disk.items():
+        records = await changelog(deployment, table, partition)
+        count += sum(
+            1
+            for record_offset, timestamp, _, _ in records
+            if (offset is None or record_offset > offset) and timestamp <= before_ms
+        )
+    return count
+
+
 async def assert_disk_is_the_committed_changelog(
     deployment: Deployment, *, whole: bool, index: int = 0
 ) -> dict[tuple[str, int], tuple[int | None, list[Record]]]:
@@ -135,14 +153,7 @@ async def test_a_sigkilled_worker_restarts_on_its_files_and_restores_only_the_ta
     await deployment.add_worker(index=0)
     # The restore read exactly the committed records the files lacked: those sent before the
     # kill (a transaction the kill interrupted may have committed since).
-    tail = 0
-    for (table, partition), (offset, _) in at_kill.items():
-        records = await changelog(deployment, table, partition)
-        tail += sum(
-            1
-            for record_offset, timestamp, _, _ in records
-            if (offset is None or record_offset > offset) and timestamp <= killed_ms
-        )
+    tail = await written_after(deployment, at_kill, killed_ms)
     total = sum(len(records) for _, records in at_kill.values())
     restored = last_restore(deployment)
     assert restored == tail
@@ -232,14 +243,7 @@ async def test_a_worker_back_on_its_partitions_restores_only_what_another_wrote_
     await deployment.add_worker(index=0)
     # Exactly the committed records after the offsets worker 0's files hold (those it wrote
     # once restored, rules reaching its banks, came after).
-    meanwhile = 0
-    for (table, partition), (offset, _) in left.items():
-        records = await changelog(deployment, table, partition)
-        meanwhile += sum(
-            1
-            for record_offset, timestamp, _, _ in records
-            if (offset is None or record_offset > offset) and timestamp < restarted_ms
-        )
+    meanwhile = await written_after(deployment, left, restarted_ms)
     assert 0 < meanwhile == last_restore(deployment)
     await decide(200, 50)
     assert await deployment.reader.caught_up()

@@ -497,6 +497,21 @@ async def first_decision_after(
     return None if found is None else round(found - since, 3)
 
 
+async def time_to_moved_decision(
+    deployment: Deployment, result: Result, killed_at: float, moved: Callable[[Decision], bool]
+) -> None:
+    """Record the seconds from a kill (monotonic `killed_at`) to the first decision of the
+    partitions the killed worker held (`moved`) read from now on, or fail if none comes."""
+    mark = time.monotonic()
+    recovery = await first_decision_after(deployment, mark, moved, 120)
+    if recovery is None:
+        result.fail("no decision on a partition of the killed worker after the kill")
+    else:
+        result.timings_s["kill_to_first_decision_on_moved_partition"] = round(
+            recovery + mark - killed_at, 3
+        )
+
+
 def longest_stall(decisions: Iterable[Decision], start: float) -> float:
     """The longest time without a new decision, from `start` to the last decision."""
     times = sorted(d.received_at for d in decisions)
@@ -655,16 +670,9 @@ async def scale_out(env: Env, size: Size) -> Result:
         # decision on one of its partitions comes from the worker that took it over.
         await deployment.reader.caught_up()
         moved_campaigns = {c for c in campaigns if partition_of(c, partitions) in moved}
-        mark = time.monotonic()
-        recovery = await first_decision_after(
-            deployment, mark, lambda d: d.payload["campaign_id"] in moved_campaigns, 120
+        await time_to_moved_decision(
+            deployment, result, killed_at, lambda d: d.payload["campaign_id"] in moved_campaigns
         )
-        if recovery is None:
-            result.fail("no decision on a moved partition after the kill")
-        else:
-            result.timings_s["kill_to_first_decision_on_moved_partition"] = round(
-                recovery + mark - killed_at, 3
-            )
         if decided_at_kill >= count:
             result.fail("the kill was not mid-stream")
         result.measures["publishing_when_killed"] = not publisher.done()
@@ -1482,16 +1490,9 @@ async def lease_holder_killed(env: Env, size: Size) -> Result:
             for i in requests
             if partition_of(user_key(i.context), partitions) in moved
         }
-        mark = time.monotonic()
-        recovery = await first_decision_after(
-            deployment, mark, lambda d: d.payload["request_id"] in on_moved, 120
+        await time_to_moved_decision(
+            deployment, result, killed_at, lambda d: d.payload["request_id"] in on_moved
         )
-        if recovery is None:
-            result.fail("no decision on a partition of the killed worker after the kill")
-        else:
-            result.timings_s["kill_to_first_decision_on_moved_partition"] = round(
-                recovery + mark - killed_at, 3
-            )
         await publisher
         await audit(result, deployment, requests, campaigns)
         await audit_leases(result, deployment)
