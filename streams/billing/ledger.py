@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import msgspec
 
@@ -160,6 +160,22 @@ class Ledger(ABC):
     @abstractmethod
     def database_error(self, error: BaseException) -> bool:
         """Whether `error` is the driver's (to report as a `LedgerError`)."""
+
+    @abstractmethod
+    def _prepare(self, read_only: bool) -> None:
+        """Create the schema of a new ledger (unless `read_only`), or check an existing one's."""
+
+    def prepared(self, read_only: bool) -> Self:
+        """This just-opened ledger, prepared (its `connect` ends with it); closed again if it
+        cannot be used."""
+        try:
+            self._prepare(read_only)
+        except BaseException as exc:
+            self.close()
+            if self.database_error(exc):
+                raise LedgerError(f"cannot use the ledger {self.where}: {exc}") from exc
+            raise
+        return self
 
     def __enter__(self) -> Ledger:
         return self

@@ -92,16 +92,7 @@ class PostgresLedger(Ledger):
             connection = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         except psycopg.Error as exc:
             raise LedgerError(f"cannot open the ledger {where}: {exc}") from exc
-        ledger = cls(connection, where)
-        try:
-            ledger._prepare(read_only)
-        except psycopg.Error as exc:
-            connection.close()
-            raise LedgerError(f"cannot use the ledger {where}: {exc}") from exc
-        except LedgerError:
-            connection.close()
-            raise
-        return ledger
+        return cls(connection, where).prepared(read_only)
 
     def _prepare(self, read_only: bool) -> None:
         db = self._db

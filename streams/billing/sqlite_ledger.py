@@ -75,16 +75,7 @@ class SqliteLedger(Ledger):
             connection = sqlite3.connect(target, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
-        ledger = cls(connection, path)
-        try:
-            ledger._prepare(read_only)
-        except sqlite3.Error as exc:
-            connection.close()
-            raise LedgerError(f"cannot use the ledger {path}: {exc}") from exc
-        except LedgerError:
-            connection.close()
-            raise
-        return ledger
+        return cls(connection, path).prepared(read_only)
 
     def _prepare(self, read_only: bool) -> None:
         db = self._db
