@@ -60,13 +60,8 @@ def test_the_dashboard_has_a_query_for_each_thing_operators_watch() -> None:
 async def deployment(
     services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Deployment]:
-    async with Deployment(
-        services.kafka_bootstrap_servers,
-        services.redis_url,
-        tmp_path_factory.mktemp("scraped"),
-        extra_env=observed.ENV,
-    ) as deployed:
-        yield deployed
+    async with observed.deployed(services, tmp_path_factory.mktemp("scraped")) as deployment:
+        yield deployment
 
 
 @pytest.fixture

@@ -4,12 +4,16 @@ enough to time out and trip its breaker. Event times are now, so latencies are r
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.provision import Services
 from models.events import Campaign
 from tests.pipeline.harness import Deployment, campaign, request
 from tests.upstream import VastServer, inline, vast
@@ -25,6 +29,15 @@ SERVED = 4
 """A budget of four impressions (CPM 2.50: 0.0025 each)."""
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@contextlib.asynccontextmanager
+async def deployed(services: Services, folder: Path) -> AsyncIterator[Deployment]:
+    """A worker with the short upstream timeouts and eager breaker of `ENV`."""
+    async with Deployment(
+        services.kafka_bootstrap_servers, services.redis_url, folder, extra_env=ENV
+    ) as deployment:
+        yield deployment
 
 
 class Traffic(msgspec.Struct):

@@ -20,13 +20,8 @@ from tests.upstream import VastServer
 async def deployment(
     services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Deployment]:
-    async with Deployment(
-        services.kafka_bootstrap_servers,
-        services.redis_url,
-        tmp_path_factory.mktemp("metrics"),
-        extra_env=observed.ENV,
-    ) as deployed:
-        yield deployed
+    async with observed.deployed(services, tmp_path_factory.mktemp("metrics")) as deployment:
+        yield deployment
 
 
 async def test_metrics_after_traffic(deployment: Deployment, vast_server: VastServer) -> None:
