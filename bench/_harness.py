@@ -200,7 +200,7 @@ async def create_topics(bootstrap: str, partitions: Mapping[str, int], compacted
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics(
+        response = await admin.create_topics(
             [
                 NewTopic(
                     name,
@@ -211,6 +211,13 @@ async def create_topics(bootstrap: str, partitions: Mapping[str, int], compacted
                 for name, count in partitions.items()
             ]
         )
+        refused = {
+            topic: (message or [None])[0] or f"error {code}"
+            for topic, code, *message in response.topic_errors
+            if code != 0
+        }
+        if refused:
+            raise ProcessDied(f"the broker refused to create topics: {refused}")
         # Producing before every partition has a leader only earns retries and warnings.
         while True:
             described = await admin.describe_topics(list(partitions))

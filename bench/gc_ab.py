@@ -45,8 +45,9 @@ def variants(gen0: int) -> dict[str, dict[str, str]]:
     return {
         BASELINE: {},
         "freeze": {"ADSTREAM_GC_FREEZE": "true"},
-        f"gen0={gen0}": {"ADSTREAM_GC_GEN0": str(gen0)},
-        f"freeze+gen0={gen0}": {"ADSTREAM_GC_FREEZE": "true", "ADSTREAM_GC_GEN0": str(gen0)},
+        # Names go into topic names: letters, digits, dots, dashes and underscores only.
+        f"gen0_{gen0}": {"ADSTREAM_GC_GEN0": str(gen0)},
+        f"freeze_gen0_{gen0}": {"ADSTREAM_GC_FREEZE": "true", "ADSTREAM_GC_GEN0": str(gen0)},
     }
 
 
