@@ -73,10 +73,10 @@ class Settings(msgspec.Struct, frozen=True):
     """How long the timeouts in a row must have lasted: one stall of an upstream times out
     every request then in flight at once, and should not shut it for a cooldown."""
     standby_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
-    gc_freeze: bool = False
+    gc_freeze: bool = True
     """Once ready, exempt everything alive from garbage collection (`streams.worker.collector`)."""
-    gc_gen0: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    """The garbage collector's youngest-generation threshold (None: Python's 700)."""
+    gc_gen0: Annotated[int, msgspec.Meta(ge=1)] | None = 50_000
+    """The garbage collector's youngest-generation threshold (Python's own is 700)."""
     instance_id: str = ""
     """The worker's static group membership (Kafka's `group.instance.id`, KIP-345), unique
     per worker and kept across its restarts: restarted within the session timeout, it takes

@@ -7,9 +7,14 @@ hundredth run, walks the older generations: after start-up those hold everything
 keeps for good (modules, Faust's services, campaign rules, caches of parsed VAST), walked
 again and again to find nothing. Two knobs, each a setting, measured by `bench.gc_ab`:
 
-- `ADSTREAM_GC_FREEZE`: once the worker is ready, move everything alive into the permanent
-  generation (`gc.freeze`), which no collection walks;
-- `ADSTREAM_GC_GEN0`: the youngest generation's threshold (Python's default 700).
+- `ADSTREAM_GC_FREEZE` (on): once the worker is ready, move everything alive into the
+  permanent generation (`gc.freeze`), which no collection walks;
+- `ADSTREAM_GC_GEN0` (50,000): the youngest generation's threshold (Python's own is 700).
+
+`python -m bench.gc_ab --requests 4000 --seconds 5 --rounds 2`, on a busy 2-core machine: the
+worker's CPU per decision over a backlog was 0.92x and 0.86x of Python's defaults with the
+freeze alone (two rounds), 0.91x and 0.85x with the threshold alone; with both, 1.15x and
+0.63x (median 0.89x: the machine's load swung between the rounds).
 """
 
 from __future__ import annotations
