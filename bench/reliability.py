@@ -242,7 +242,7 @@ Fixed in the worker while writing these scenarios (each is covered by a scenario
   positions stood ~4,400 records past its committed offsets, every request parked for its
   lease, and the grants that would wake them sat in aiokafka's buffer behind the requests:
   Faust hands over a fetch's records one by one, all of them, before it fetches again
-  (`streams.worker.kafka_transport`, item 12). Leases are sized by their rate in event time
+  (`streams.worker.kafka_transport`, item 14). Leases are sized by their rate in event time
   (refills of 5 impressions here, while the stream replays 45 minutes of event time in 30
   seconds), so refills come often. `budget-leases` records now reach the stage before the
   requests fetched with them and each fetch handed to Faust is bounded

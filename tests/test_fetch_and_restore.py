@@ -1,8 +1,10 @@
-"""Items 9 to 11 of adstream's Faust subclasses (`streams.worker.kafka_transport`,
+"""Items 9 to 12 and 14 of adstream's Faust subclasses (`streams.worker.kafka_transport`,
 `streams.worker.skipped_events`, `streams.worker.recovery`) against the real broker: Faust's
-fetches take only the partitions it asks for and give back what it drops, events cleared from
-its queues are fetched again, and a changelog's end for a restore is its last committed
-record, not the transaction markers and aborted records after it."""
+fetches take only the partitions it asks for and give back what it drops, the records of the
+topics to deliver first come before a backlog, events cleared from its queues are fetched
+again, a changelog's end for a restore is its last committed record, not the transaction
+markers and aborted records after it, and a streamed restore reads exactly the committed
+records."""
 
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ async def test_a_fetch_for_no_partition_takes_none(
 async def test_records_of_the_first_topics_come_before_a_backlog(
     kafka_bootstrap: str, unique_name: str, consumer: AIOKafkaConsumer
 ) -> None:
-    """Item 12: a lease grant fetched after thousands of requests reached the stage only once
+    """Item 14: a lease grant fetched after thousands of requests reached the stage only once
     all of them had, so every request parked on that lease waited for it."""
     backlog = await filled(kafka_bootstrap, f"{unique_name}-requests", 50)
     (control,) = await filled(kafka_bootstrap, f"{unique_name}-leases", 1, partitions=1)

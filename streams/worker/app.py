@@ -125,7 +125,7 @@ def create_worker(
         web_in_thread=False,
         producer_linger_ms=1,
         # Faust hands a fetch's records over one by one before it fetches again: a bound keeps
-        # a lease grant from waiting behind a whole backlog of requests (kafka_transport, 12).
+        # a lease grant from waiting behind a whole backlog of requests (kafka_transport, 14).
         broker_max_poll_records=settings.batch_size,
         # Decisions are ~2.5 KB (the VAST document rides along): aiokafka's 16 KB batches
         # made a batch of decisions wait on the broker once per handful of records.
@@ -179,7 +179,7 @@ def create_worker(
     ) -> None:
         committer.install()
         skipped.install()
-        # Grants wake parked requests: they must not wait behind them (kafka_transport, 12).
+        # Grants wake parked requests: they must not wait behind them (kafka_transport, 14).
         cast(Consumer, app.consumer).deliver_first([topics.leases])
         await view.caught_up.wait()
         batches: AsyncIterator[Sequence[EventT[Any]]] = cast(Any, stream).take_events(

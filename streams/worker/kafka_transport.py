@@ -6,7 +6,7 @@ pyproject.toml names `Transport` below for `adstream://`. Its `Consumer`, consum
 `Producer` carry these fixes of faust-streaming's exactly-once (numbered across the modules
 that fix it: `streams.worker.commit_protocol` 1 to 4, `streams.worker.skipped_events` 5 and 11,
 `streams.worker.event_context` 6, `streams.worker.recovery` 10 and 12,
-`streams.worker.committed_store` 13):
+`streams.worker.committed_store` 13) and, beyond exactly-once, 14:
 
 7. **`fetch_max_wait_ms` is hard-coded to 1500 ms**, which alone costs p50 ~200 ms of latency
    at moderate rates (docs/architecture.md, "Performance facts"), and the producers'
@@ -35,7 +35,7 @@ that fix it: `streams.worker.commit_protocol` 1 to 4, `streams.worker.skipped_ev
    seeks a partition back to the first record Faust did not deliver, unless a seek has moved
    it since.
 
-12. **A small topic's records queued behind a backlog of another's.** Faust delivers each
+14. **A small topic's records queued behind a backlog of another's.** Faust delivers each
    fetch's records one at a time through a single loop before it fetches again, and aiokafka
    hands over what it holds in the order it fetched it, all of it (`broker_max_poll_records`
    unset). The decision stage reads `budget-leases` beside `ad-requests`: with thousands of
@@ -150,7 +150,7 @@ async def fetch_asked(
     first: frozenset[str] = frozenset(),
 ) -> Mapping[TP, list[Any]]:
     """Item 9: `fetch` (Faust's) for exactly the partitions asked for now, remembering where
-    each partition stood after the records it returned; item 12: what aiokafka holds of the
+    each partition stood after the records it returned; item 14: what aiokafka holds of the
     `first` topics comes before anything else."""
     if active_partitions is None:  # a client-only app: every partition
         return await fetch(consumer, None, timeout=timeout, max_records=max_records)
@@ -180,7 +180,7 @@ class Consumer(faust_aiokafka.Consumer):
     _fetched: Mapping[TP, list[Any]] | None = None
     _committer: FaustCommit | None = None
     first_topics: frozenset[str] = frozenset()
-    """Topics whose fetched records reach Faust before any others' (item 12)."""
+    """Topics whose fetched records reach Faust before any others' (item 14)."""
 
     def deliver_first(self, topics: Iterable[str]) -> None:
         """Hand the records of `topics` to Faust ahead of others fetched with them."""
