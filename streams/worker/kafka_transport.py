@@ -40,7 +40,7 @@ that fix it: `streams.worker.commit_protocol` 1 to 4, `streams.worker.skipped_ev
    hands over what it holds in the order it fetched it, all of it (`broker_max_poll_records`
    unset). The decision stage reads `budget-leases` beside `ad-requests`: with thousands of
    requests waiting, the lease grants they wait for came after all of them (a worker started
-   on 6,000 waiting requests decided nothing for 43-70 s on a busy machine, every request
+   on 6,000 waiting requests decided nothing for 43-78 s on a busy machine, every request
    parked on a lease whose grant sat in aiokafka's buffer). `ConsumerThread` takes the
    records of the topics named by `Consumer.deliver_first` before any others, and the app
    bounds each fetch handed to Faust (`broker_max_poll_records`), so such a record waits
